@@ -1,0 +1,1 @@
+"""The ``dualwrite`` command: a thin click layer over the library."""

@@ -1,0 +1,55 @@
+"""Entry point of the ``dualwrite`` console script.
+
+Exit codes (the contract users script against): 0 success / clean / ready, 1 drift found or
+not ready, 2 bad input or error, 3 incomplete.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from cli._config import config_group
+from cli._dev import dev_group
+from cli._output import err
+from dualwrite import __version__
+from dualwrite.errors import DualwriteError
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+
+
+class _Group(click.Group):
+    """Maps expected library errors to one clear message and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except DualwriteError as exc:
+            err.print("[bold red]error:[/]", end=" ")
+            err.print(str(exc), markup=False)
+            sys.exit(EXIT_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dualwrite")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Migrate live data from an old PostgreSQL schema to a new one through Kafka."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(dev_group)
+cli.add_command(config_group)
+
+
+def main() -> None:
+    """Console-script entry point; click turns usage errors into exit code 2."""
+    cli(prog_name="dualwrite")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Typed wrappers over kafka-python: the only module in the project that imports ``kafka``.
+
+Everything else produces, consumes and administers topics through these functions and
+classes, so the client library's untyped surface, its error classes and its settings are
+decided in one place. Errors that kafka-python marks ``retriable`` stay recognisable through
+:func:`is_retriable`; connection failures become :class:`ServiceUnavailableError`.
+
+Thread-safety: a :class:`Producer` may be shared between threads (kafka-python's producer is
+thread-safe); a :class:`Consumer` belongs to one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import kafka
+import kafka.errors
+from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from dualwrite.errors import ServiceUnavailableError
+
+__all__ = [
+    "ClusterInfo",
+    "Consumer",
+    "Message",
+    "Producer",
+    "ensure_topic",
+    "is_retriable",
+    "probe_cluster",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What a metadata round trip learned about the cluster."""
+
+    cluster_id: str | None
+    controller_id: int | None
+    brokers: tuple[str, ...]
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One consumed record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """True when kafka-python marks the error as retriable (timeouts, leader moves, ...)."""
+    return bool(getattr(exc, "retriable", False))
+
+
+def probe_cluster(bootstrap_servers: Sequence[str], timeout_s: float = 10.0) -> ClusterInfo:
+    """Do a full metadata round trip; raise :class:`ServiceUnavailableError` if none answers."""
+    admin = _admin(bootstrap_servers, timeout_s)
+    try:
+        cluster = admin.describe_cluster()
+        topics = admin.list_topics()
+    except kafka.errors.KafkaError as exc:
+        raise ServiceUnavailableError(
+            f"Kafka at {','.join(bootstrap_servers)} did not answer a metadata request: {exc}"
+        ) from None
+    finally:
+        admin.close()
+    brokers = tuple(f"{b['host']}:{b['port']}" for b in cluster.get("brokers", []))
+    return ClusterInfo(
+        cluster_id=cluster.get("cluster_id"),
+        controller_id=cluster.get("controller_id"),
+        brokers=brokers,
+        topics=tuple(sorted(topics)),
+    )
+
+
+def ensure_topic(
+    bootstrap_servers: Sequence[str],
+    name: str,
+    partitions: int = 1,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> bool:
+    """Create topic ``name`` unless it exists; return True when this call created it.
+
+    Waits until the topic's metadata is visible, so a producer can use it straight away.
+    """
+    admin = _admin(bootstrap_servers, timeout_s)
+    try:
+        if name in admin.list_topics():
+            return False
+        try:
+            admin.create_topics(
+                [NewTopic(name, partitions, replication_factor)],
+                timeout_ms=int(timeout_s * 1000),
+                wait_for_metadata=True,
+            )
+        except kafka.errors.TopicAlreadyExistsError:
+            return False
+        return True
+    finally:
+        admin.close()
+
+
+class Producer:
+    """An idempotent producer with ``acks=all``: a send is durable once its future resolves."""
+
+    def __init__(
+        self,
+        bootstrap_servers: Sequence[str],
+        *,
+        client_id: str = "dualwrite",
+        linger_ms: int = 5,
+        batch_size: int = 256 * 1024,
+        compression: str | None = None,
+        max_block_ms: int = 60_000,
+    ) -> None:
+        try:
+            self._producer = kafka.KafkaProducer(
+                bootstrap_servers=list(bootstrap_servers),
+                client_id=client_id,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=linger_ms,
+                batch_size=batch_size,
+                compression_type=compression,
+                max_block_ms=max_block_ms,
+            )
+        except kafka.errors.KafkaError as exc:
+            raise ServiceUnavailableError(
+                f"cannot connect a producer to Kafka at {','.join(bootstrap_servers)}: {exc}"
+            ) from None
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> Any:
+        """Queue one record; returns a future whose ``get(timeout)`` gives its offset."""
+        return self._producer.send(topic, key=key, value=value)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Block until every queued record is acknowledged (or raise the send error)."""
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.close(timeout=timeout_s)
+
+
+class Consumer:
+    """A consumer-group member with manual offset commits (never auto-commit)."""
+
+    def __init__(
+        self,
+        bootstrap_servers: Sequence[str],
+        group_id: str,
+        topics: Iterable[str],
+        *,
+        client_id: str = "dualwrite",
+        auto_offset_reset: str = "earliest",
+        max_poll_records: int = 500,
+    ) -> None:
+        try:
+            self._consumer = kafka.KafkaConsumer(
+                *topics,
+                bootstrap_servers=list(bootstrap_servers),
+                client_id=client_id,
+                group_id=group_id,
+                enable_auto_commit=False,
+                auto_offset_reset=auto_offset_reset,
+                max_poll_records=max_poll_records,
+            )
+        except kafka.errors.KafkaError as exc:
+            raise ServiceUnavailableError(
+                f"cannot connect a consumer to Kafka at {','.join(bootstrap_servers)}: {exc}"
+            ) from None
+
+    def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[Message]:
+        """Fetch the next records of the assigned partitions, in offset order per partition."""
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[Message] = []
+        for records in batches.values():
+            for r in records:
+                out.append(Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp))
+        return out
+
+    def commit(self, positions: dict[tuple[str, int], int] | None = None) -> None:
+        """Commit ``{(topic, partition): next_offset}``, or everything polled when ``None``."""
+        if positions is None:
+            self._consumer.commit()
+            return
+        offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()
+        }
+        self._consumer.commit(offsets)
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        """The group's committed offset for one partition, or None when nothing was committed."""
+        result = self._consumer.committed(TopicPartition(topic, partition))
+        return None if result is None else int(result)
+
+    def close(self) -> None:
+        """Leave the group and close connections."""
+        self._consumer.close()
+
+
+def _admin(bootstrap_servers: Sequence[str], timeout_s: float) -> Any:
+    try:
+        return kafka.KafkaAdminClient(
+            bootstrap_servers=list(bootstrap_servers),
+            client_id="dualwrite-admin",
+            request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+        )
+    except kafka.errors.KafkaConfigurationError:
+        raise
+    except kafka.errors.KafkaError as exc:
+        raise ServiceUnavailableError(
+            f"cannot reach Kafka at {','.join(bootstrap_servers)}: {exc}"
+        ) from None
