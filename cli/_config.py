@@ -39,7 +39,9 @@ def config_check(migration_file: str, offline: bool, timeout_s: int, as_json: bo
     if as_json:
         emit_json({"file": migration_file, "valid": True, "ok": ok, "services": checks})
     else:
-        out.print(f"[green]ok[/]   {migration_file}: valid, {len(config.tables)} table(s)", markup=True)
+        out.print(
+            f"[green]ok[/]   {migration_file}: valid, {len(config.tables)} table(s)", markup=True
+        )
         for c in checks:
             mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
             out.print(f"{mark} {c.service:<7} ", end="")

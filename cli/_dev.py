@@ -37,10 +37,14 @@ def dev_up(as_json: bool) -> None:
     settings = DevStackSettings.from_env()
     result = devstack.up(settings, progress=lambda msg: err.print(f"[dim]{msg}[/]"))
     if as_json:
-        emit_json({"started": result.started, "elapsed_s": result.elapsed_s, "services": result.services})
+        emit_json(
+            {"started": result.started, "elapsed_s": result.elapsed_s, "services": result.services}
+        )
     else:
         _render(result)
-        err.print(f"[dim]ready in {result.elapsed_s:.1f}s; `eval $(dualwrite dev env)` exports the URLs[/]")
+        err.print(
+            f"[dim]ready in {result.elapsed_s:.1f}s; `eval $(dualwrite dev env)` exports the URLs[/]"
+        )
     if not result.healthy:
         sys.exit(2)
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,6 +64,13 @@ _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,180}$")
 _MIGRATION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 _MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 _DRIVERS = {"postgresql", "postgres", "postgresql+psycopg"}
+
+_ROOT_KEYS = frozenset({"name", "source", "target", "kafka", "tables", "transform", "thresholds"})
+_DATABASE_KEYS = frozenset({"url"})
+_KAFKA_KEYS = frozenset({"bootstrap_servers", "topic_prefix", "client_id"})
+_TABLE_KEYS = frozenset({"source", "target", "key"})
+_TRANSFORM_KEYS = frozenset({"module"})
+_THRESHOLD_KEYS = frozenset({"max_lag_s", "max_reconcile_age_s", "max_dead_letters"})
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,9 @@ class MigrationConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
-def load_migration(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> MigrationConfig:
+def load_migration(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> MigrationConfig:
     """Read and validate the migration file at ``path``.
 
     ``env`` fills ``${VAR}`` and ``${VAR:-default}`` placeholders (``$$`` is a literal ``$``);
@@ -177,16 +186,16 @@ def parse_migration(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"invalid TOML: {exc}") from None
     resolved = _resolve_placeholders(doc, path, "", os.environ if env is None else env)
-    root = _Section(resolved, path, "")
+    root = _Section(resolved, path, "", _ROOT_KEYS)
     name = root.take("name", str, default=Path(path).stem if path != "<string>" else "migration")
     if not _MIGRATION_NAME.match(name):
         raise ConfigError(path, "name", "must be 1-63 letters, digits, '_' or '-'")
-    source = _database(root.section("source"))
-    target = _database(root.section("target"))
-    kafka = _kafka(root.section("kafka"))
+    source = _database(root.section("source", _DATABASE_KEYS))
+    target = _database(root.section("target", _DATABASE_KEYS))
+    kafka = _kafka(root.section("kafka", _KAFKA_KEYS))
     tables = _tables(root, path)
-    transform = _transform(root.section("transform", required=False))
-    thresholds = _thresholds(root.section("thresholds", required=False))
+    transform = _transform(root.section("transform", _TRANSFORM_KEYS, required=False))
+    thresholds = _thresholds(root.section("thresholds", _THRESHOLD_KEYS, required=False))
     root.finish()
     return MigrationConfig(
         name=name,
@@ -231,11 +240,24 @@ _TYPE_NAMES: dict[type, str] = {
 class _Section:
     """A TOML table being consumed: every key taken is checked, the rest rejected on finish."""
 
-    def __init__(self, data: Mapping[str, Any], path: str, prefix: str) -> None:
+    def __init__(
+        self, data: Mapping[str, Any], path: str, prefix: str, known: frozenset[str] | None = None
+    ) -> None:
         self.data = data
         self.path = path
         self.prefix = prefix
         self.seen: set[str] = set()
+        if known is not None:
+            # Unknown keys first: a misspelt key is the likelier mistake than a missing one.
+            self._reject_unknown(known)
+
+    def _reject_unknown(self, known: Iterable[str]) -> None:
+        unknown = sorted(set(self.data) - set(known))
+        if unknown:
+            listed = ", ".join(sorted(known)) or "none"
+            raise ConfigError(
+                self.path, self.key(unknown[0]), f"unknown key (known keys here: {listed})"
+            )
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -257,20 +279,16 @@ class _Section:
             )
         return value
 
-    def section(self, name: str, *, required: bool = True) -> _Section:
+    def section(self, name: str, known: frozenset[str], *, required: bool = True) -> _Section:
         if name not in self.data and not required:
             self.seen.add(name)
-            return _Section({}, self.path, self.key(name) + ".")
+            return _Section({}, self.path, self.key(name) + ".", known)
         value = self.take(name, dict)
-        return _Section(value, self.path, self.key(name) + ".")
+        return _Section(value, self.path, self.key(name) + ".", known)
 
     def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            known = ", ".join(sorted(self.seen)) or "none"
-            raise ConfigError(
-                self.path, self.key(unknown[0]), f"unknown key (known keys here: {known})"
-            )
+        """Reject any key no ``take`` asked for."""
+        self._reject_unknown(self.seen)
 
 
 def _database(sec: _Section) -> DatabaseConfig:
@@ -279,7 +297,9 @@ def _database(sec: _Section) -> DatabaseConfig:
     try:
         url: URL = make_url(raw)
     except (ArgumentError, ValueError):
-        raise ConfigError(sec.path, sec.key("url"), f"not a database URL: {redact_url(raw)}") from None
+        raise ConfigError(
+            sec.path, sec.key("url"), f"not a database URL: {redact_url(raw)}"
+        ) from None
     if url.drivername not in _DRIVERS:
         raise ConfigError(
             sec.path,
@@ -298,7 +318,9 @@ def _kafka(sec: _Section) -> KafkaConfig:
     for i, item in enumerate(servers_raw):
         if not isinstance(item, str) or not re.match(r"^[^\s:]+:\d{1,5}$", item):
             raise ConfigError(
-                sec.path, f"{sec.key('bootstrap_servers')}[{i}]", f"must be 'host:port', got {item!r}"
+                sec.path,
+                f"{sec.key('bootstrap_servers')}[{i}]",
+                f"must be 'host:port', got {item!r}",
             )
         servers.append(item)
     if not servers:
@@ -323,7 +345,7 @@ def _tables(root: _Section, path: str) -> tuple[TableConfig, ...]:
         prefix = f"tables[{i}]."
         if not isinstance(item, dict):
             raise ConfigError(path, f"tables[{i}]", f"must be a table, got {_describe(item)}")
-        sec = _Section(item, path, prefix)
+        sec = _Section(item, path, prefix, _TABLE_KEYS)
         source = _qualified(sec, "source")
         target = _qualified(sec, "target")
         key_raw = sec.take("key", list, default=[])
@@ -356,7 +378,9 @@ def _qualified(sec: _Section, name: str) -> QualifiedName:
 
 def _transform(sec: _Section) -> TransformConfig:
     module = sec.take("module", str, default="") or None
-    if module is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", module):
+    if module is not None and not re.match(
+        r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", module
+    ):
         raise ConfigError(sec.path, sec.key("module"), f"not an importable module name: {module!r}")
     sec.finish()
     return TransformConfig(module)
@@ -372,7 +396,9 @@ def _thresholds(sec: _Section) -> Thresholds:
         if not value > 0:
             raise ConfigError(sec.path, sec.key(key), f"must be greater than 0, got {value}")
     if max_dead < 0:
-        raise ConfigError(sec.path, sec.key("max_dead_letters"), f"must be 0 or more, got {max_dead}")
+        raise ConfigError(
+            sec.path, sec.key("max_dead_letters"), f"must be 0 or more, got {max_dead}"
+        )
     return Thresholds(max_lag_s, max_age, max_dead)
 
 

@@ -42,9 +42,7 @@ def check_database(name: str, engine: Engine) -> ServiceCheck:
     except SQLAlchemyError as exc:
         cause = getattr(exc, "orig", None) or exc
         detail = " ".join(str(cause).split())
-        return ServiceCheck(
-            name, endpoint, False, redact_text(detail, (password or "",)), _ms(t0)
-        )
+        return ServiceCheck(name, endpoint, False, redact_text(detail, (password or "",)), _ms(t0))
     return ServiceCheck(name, endpoint, True, f"PostgreSQL {version}", _ms(t0))
 
 

@@ -92,10 +92,15 @@ class LocalPostgres:
         result = self._run_as_server_user(
             [
                 str(self.settings.pg_bin / "pg_ctl"),
-                "-D", str(self.data_dir),
-                "-l", str(logfile),
-                "-w", "-t", str(int(self.settings.start_timeout_s)),
-                "-o", f"-p {self.settings.pg_port} -k {self.home}",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(logfile),
+                "-w",
+                "-t",
+                str(int(self.settings.start_timeout_s)),
+                "-o",
+                f"-p {self.settings.pg_port} -k {self.home}",
                 "start",
             ]
         )
@@ -134,7 +139,15 @@ class LocalPostgres:
 
     def _pg_ctl_stop(self) -> subprocess.CompletedProcess[str]:
         return self._run_as_server_user(
-            [str(self.settings.pg_bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
+            [
+                str(self.settings.pg_bin / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ]
         )
 
     def wipe(self) -> None:
@@ -146,7 +159,9 @@ class LocalPostgres:
         """None when both databases answer ``SELECT 1``; else the error text."""
         for database in DATABASES:
             try:
-                with psycopg.connect(self._libpq_url(database), connect_timeout=max(1, int(timeout_s))) as conn:
+                with psycopg.connect(
+                    self._libpq_url(database), connect_timeout=max(1, int(timeout_s))
+                ) as conn:
                     conn.execute("SELECT 1")
             except psycopg.Error as exc:
                 return f"{database}: {str(exc).strip()}"
@@ -164,12 +179,15 @@ class LocalPostgres:
             result = self._run_as_server_user(
                 [
                     str(self.settings.pg_bin / "initdb"),
-                    "-D", str(home / "data"),
-                    "-U", self.settings.pg_user,
+                    "-D",
+                    str(home / "data"),
+                    "-U",
+                    self.settings.pg_user,
                     f"--pwfile={pwfile}",
                     "--auth-host=scram-sha-256",
                     "--auth-local=trust",
-                    "-E", "UTF8",
+                    "-E",
+                    "UTF8",
                     "--locale=C",
                 ]
             )
@@ -239,7 +257,9 @@ class LocalPostgres:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with psycopg.connect(self._libpq_url("postgres"), autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(
+                    self._libpq_url("postgres"), autocommit=True, connect_timeout=5
+                ) as conn:
                     existing = {
                         row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()
                     }

@@ -32,12 +32,14 @@ class DevStackSettings:
     kafka_port: int = DEFAULT_KAFKA_PORT
     kafka_controller_port: int = DEFAULT_KAFKA_CONTROLLER_PORT
     pg_user: str = "dualwrite"
-    pg_password: str = "dualwrite"
+    pg_password: str = "dualwrite"  # noqa: S105  (local dev cluster on 127.0.0.1 only)
     kafka_heap_mb: int = 512
     start_timeout_s: float = 120.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> DevStackSettings:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> DevStackSettings:
         """Build settings from ``DUALWRITE_*`` variables; relative folders resolve from ``cwd``.
 
         ``DUALWRITE_DEV_DIR`` (default ``./.dualwrite-dev``), ``DUALWRITE_CACHE_DIR`` (default

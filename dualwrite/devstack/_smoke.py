@@ -24,7 +24,9 @@ class SmokeResult:
     topic: str
 
 
-def smoke(source: Engine, target: Engine, kafka: KafkaConfig, timeout_s: float = 30.0) -> SmokeResult:
+def smoke(
+    source: Engine, target: Engine, kafka: KafkaConfig, timeout_s: float = 30.0
+) -> SmokeResult:
     """Write a row to the source, carry it through a Kafka topic, write it to the target.
 
     Raises :class:`DualwriteError` naming the step that failed. Leaves no tables behind; the
@@ -70,7 +72,9 @@ def smoke(source: Engine, target: Engine, kafka: KafkaConfig, timeout_s: float =
                 if message.key == token.encode() and message.value is not None:
                     received = json.loads(message.value)
         if received is None:
-            raise DualwriteError(f"the smoke message did not come back from topic {topic} in {timeout_s}s")
+            raise DualwriteError(
+                f"the smoke message did not come back from topic {topic} in {timeout_s}s"
+            )
         consumer.commit()
     finally:
         consumer.close()
@@ -80,7 +84,9 @@ def smoke(source: Engine, target: Engine, kafka: KafkaConfig, timeout_s: float =
     with target.begin() as conn:
         conn.execute(text(ddl))
         conn.execute(
-            text(f"INSERT INTO {_SCHEMA}.ping VALUES (CAST(:id AS uuid), :note, CAST(:at AS timestamptz))"),
+            text(
+                f"INSERT INTO {_SCHEMA}.ping VALUES (CAST(:id AS uuid), :note, CAST(:at AS timestamptz))"
+            ),
             received,
         )
         back = conn.execute(

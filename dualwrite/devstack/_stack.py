@@ -90,7 +90,9 @@ def up(settings: DevStackSettings, progress: Progress | None = None) -> StackSta
     return StackStatus(current.services, tuple(started), time.monotonic() - t0)
 
 
-def down(settings: DevStackSettings, wipe: bool = False, progress: Progress | None = None) -> tuple[str, ...]:
+def down(
+    settings: DevStackSettings, wipe: bool = False, progress: Progress | None = None
+) -> tuple[str, ...]:
     """Stop exactly the services whose pid files ``up`` wrote; return the names stopped.
 
     With ``wipe`` also delete their data (the Maven cache is kept).

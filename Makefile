@@ -1,0 +1,52 @@
+# The README's commands. `make demo` and `make test` are the two-command quickstart.
+VENV   ?= .venv
+PYTHON ?= python3
+DW     := $(VENV)/bin/dualwrite
+
+.PHONY: help install demo test check lint typecheck pytest up down status bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+install: $(VENV)/.installed  ## create .venv and install dualwrite with its test extra
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: install  ## start the local stack and prove it end to end (leaves it running)
+	$(DW) dev up
+	$(DW) config check examples/quickstart.toml
+	$(DW) dev smoke examples/quickstart.toml
+
+test: install  ## lint, type-check and run the whole suite against real PostgreSQL and Kafka
+	$(DW) dev run -- $(MAKE) --no-print-directory check
+
+check: lint typecheck pytest  ## the checks alone (services must already be up and exported)
+
+lint:
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+typecheck:
+	$(VENV)/bin/mypy
+
+pytest:
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+up: install  ## start PostgreSQL and Kafka
+	$(DW) dev up
+
+down:  ## stop what `up` started
+	$(DW) dev down
+
+status:  ## show both services
+	$(DW) dev status
+
+bench: install  ## run the benchmarks (see bench/README.md)
+	$(DW) dev run -- $(VENV)/bin/python bench/ceilings.py
+
+clean:  ## stop the stack and delete its data (keeps the jar cache)
+	-$(DW) dev down --wipe
