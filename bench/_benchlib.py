@@ -146,9 +146,7 @@ def _crc32c_accelerated() -> bool:
 def tool_version(argv: Sequence[str]) -> str:
     """First line of a tool's version output (java prints to stderr)."""
     try:
-        result = subprocess.run(
-            list(argv), capture_output=True, text=True, check=False, timeout=30
-        )
+        result = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unavailable ({exc})"
     text = (result.stdout + result.stderr).strip().splitlines()
@@ -254,7 +252,9 @@ class RowFactory:
     def __init__(self, seed: int = 42) -> None:
         self.rng = random.Random(seed)
         letters = string.ascii_lowercase
-        self._words = ["".join(self.rng.choices(letters, k=self.rng.randint(3, 9))) for _ in range(512)]
+        self._words = [
+            "".join(self.rng.choices(letters, k=self.rng.randint(3, 9))) for _ in range(512)
+        ]
         self._notes = [
             " ".join(self.rng.choices(self._words, k=self.rng.randint(8, 14))) for _ in range(4096)
         ]
@@ -269,7 +269,10 @@ class RowFactory:
             rng.choice(_STATUSES),
             rng.choice(self._notes),
             Decimal(rng.randint(0, 99_999_999)) / 100,
-            _EPOCH + dt.timedelta(seconds=rng.randint(0, 60_000_000), microseconds=rng.randint(0, 999_999)),
+            _EPOCH
+            + dt.timedelta(
+                seconds=rng.randint(0, 60_000_000), microseconds=rng.randint(0, 999_999)
+            ),
         )
 
     def rows(self, keys: Sequence[int] | range) -> list[Row]:
