@@ -232,8 +232,9 @@ def pg_ceilings(url: str, args: argparse.Namespace) -> tuple[list[Figure], dict[
     info["copy_text_bytes_per_row"] = round(len(text) / max(1, len(rows)), 1)
 
     with psycopg.connect(url) as conn:
-        info["server_version"] = conn.execute("SHOW server_version").fetchone()
-        info["shared_buffers"] = conn.execute("SHOW shared_buffers").fetchone()
+        for setting in ("server_version", "shared_buffers", "synchronous_commit", "max_wal_size"):
+            value = conn.execute(f"SHOW {setting}").fetchone()
+            info[setting] = value[0] if value else None
         conn.commit()
         try:
             # COPY-in: the last method's table stays as the 1M-row table for the rest.

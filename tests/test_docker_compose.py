@@ -29,8 +29,13 @@ def test_compose_uses_the_local_stack_ports_databases_and_credentials() -> None:
     assert re.search(r"CREATE DATABASE target\b", init)
     assert "wal_level=logical" in pg["command"]
     port = settings.kafka_port
-    assert kafka["ports"] == [f"127.0.0.1:${{DUALWRITE_KAFKA_PORT:-{port}}}:${{DUALWRITE_KAFKA_PORT:-{port}}}"]
-    assert f"EXTERNAL://127.0.0.1:${{DUALWRITE_KAFKA_PORT:-{port}}}" in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert kafka["ports"] == [
+        f"127.0.0.1:${{DUALWRITE_KAFKA_PORT:-{port}}}:${{DUALWRITE_KAFKA_PORT:-{port}}}"
+    ]
+    assert (
+        f"EXTERNAL://127.0.0.1:${{DUALWRITE_KAFKA_PORT:-{port}}}"
+        in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    )
 
 
 def test_compose_runs_the_same_kafka_version_in_kraft_mode() -> None:
