@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from cli._capture import capture_group, relay_command, tail_command
 from cli._config import config_group
 from cli._dev import dev_group
 from cli._output import err
@@ -44,6 +45,9 @@ def cli(verbose: int) -> None:
 
 cli.add_command(dev_group)
 cli.add_command(config_group)
+cli.add_command(capture_group)
+cli.add_command(relay_command)
+cli.add_command(tail_command)
 
 
 def main() -> None:

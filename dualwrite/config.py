@@ -48,10 +48,12 @@ from dualwrite.errors import ConfigError
 from dualwrite.redaction import redact_url
 
 __all__ = [
+    "CaptureConfig",
     "DatabaseConfig",
     "KafkaConfig",
     "MigrationConfig",
     "QualifiedName",
+    "RelayConfig",
     "TableConfig",
     "Thresholds",
     "TransformConfig",
@@ -65,10 +67,15 @@ _MIGRATION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 _MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 _DRIVERS = {"postgresql", "postgres", "postgresql+psycopg"}
 
-_ROOT_KEYS = frozenset({"name", "source", "target", "kafka", "tables", "transform", "thresholds"})
+_ROOT_KEYS = frozenset(
+    {"name", "source", "target", "kafka", "tables", "transform", "thresholds", "capture", "relay"}
+)
+_CAPTURE_KEYS = frozenset({"schema"})
+_RELAY_KEYS = frozenset({"batch_size", "idle_poll_ms", "topic_partitions", "metrics_port"})
+_CAPTURE_MODES = ("trigger", "outbox")
 _DATABASE_KEYS = frozenset({"url"})
 _KAFKA_KEYS = frozenset({"bootstrap_servers", "topic_prefix", "client_id"})
-_TABLE_KEYS = frozenset({"source", "target", "key"})
+_TABLE_KEYS = frozenset({"source", "target", "key", "capture"})
 _TRANSFORM_KEYS = frozenset({"module"})
 _THRESHOLD_KEYS = frozenset({"max_lag_s", "max_reconcile_age_s", "max_dead_letters"})
 
@@ -122,6 +129,24 @@ class TableConfig:
     source: QualifiedName
     target: QualifiedName
     key: tuple[str, ...] = ()
+    capture: str = "trigger"  # "trigger": row triggers; "outbox": the application records changes
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Where capture keeps its changelog and triggers on the source database."""
+
+    schema: str = "dualwrite"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """How the relay moves the changelog to Kafka."""
+
+    batch_size: int = 5000
+    idle_poll_ms: int = 50
+    topic_partitions: int = 8
+    metrics_port: int = 0  # 0: no Prometheus endpoint
 
 
 @dataclass(frozen=True)
@@ -152,6 +177,20 @@ class MigrationConfig:
     tables: tuple[TableConfig, ...]
     transform: TransformConfig = field(default_factory=TransformConfig)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+
+    @property
+    def changes_topic(self) -> str:
+        """The topic every change event of this migration goes to (keyed by table and key)."""
+        return f"{self.kafka.topic_prefix}.changes"
+
+    def table(self, source: QualifiedName) -> TableConfig:
+        """The table entry for ``source``; ``KeyError`` when it is not part of the migration."""
+        for table in self.tables:
+            if table.source == source:
+                return table
+        raise KeyError(str(source))
 
 
 def load_migration(
@@ -196,6 +235,8 @@ def parse_migration(
     tables = _tables(root, path)
     transform = _transform(root.section("transform", _TRANSFORM_KEYS, required=False))
     thresholds = _thresholds(root.section("thresholds", _THRESHOLD_KEYS, required=False))
+    capture = _capture(root.section("capture", _CAPTURE_KEYS, required=False))
+    relay = _relay(root.section("relay", _RELAY_KEYS, required=False))
     root.finish()
     return MigrationConfig(
         name=name,
@@ -206,6 +247,8 @@ def parse_migration(
         tables=tables,
         transform=transform,
         thresholds=thresholds,
+        capture=capture,
+        relay=relay,
     )
 
 
@@ -360,11 +403,18 @@ def _tables(root: _Section, path: str) -> tuple[TableConfig, ...]:
                 raise ConfigError(path, where, str(exc)) from None
         if len(set(key)) != len(key):
             raise ConfigError(path, f"{prefix}key", "lists a column twice")
+        capture = sec.take("capture", str, default="trigger")
+        if capture not in _CAPTURE_MODES:
+            raise ConfigError(
+                path,
+                f"{prefix}capture",
+                f"must be one of {', '.join(_CAPTURE_MODES)}, got {capture!r}",
+            )
         sec.finish()
         if source in sources:
             raise ConfigError(path, f"{prefix}source", f"{source} is listed twice")
         sources.add(source)
-        tables.append(TableConfig(source=source, target=target, key=tuple(key)))
+        tables.append(TableConfig(source=source, target=target, key=tuple(key), capture=capture))
     return tuple(tables)
 
 
@@ -400,6 +450,41 @@ def _thresholds(sec: _Section) -> Thresholds:
             sec.path, sec.key("max_dead_letters"), f"must be 0 or more, got {max_dead}"
         )
     return Thresholds(max_lag_s, max_age, max_dead)
+
+
+def _capture(sec: _Section) -> CaptureConfig:
+    schema = sec.take("schema", str, default="dualwrite")
+    try:
+        _check_identifier(schema)
+    except ValueError as exc:
+        raise ConfigError(sec.path, sec.key("schema"), str(exc)) from None
+    if len(schema) > 40:
+        raise ConfigError(
+            sec.path,
+            sec.key("schema"),
+            "must be at most 40 characters (trigger names derive from it)",
+        )
+    sec.finish()
+    return CaptureConfig(schema)
+
+
+def _relay(sec: _Section) -> RelayConfig:
+    d = RelayConfig()
+    values = {
+        "batch_size": (sec.take("batch_size", int, default=d.batch_size), 1, 100_000),
+        "idle_poll_ms": (sec.take("idle_poll_ms", int, default=d.idle_poll_ms), 1, 60_000),
+        "topic_partitions": (
+            sec.take("topic_partitions", int, default=d.topic_partitions),
+            1,
+            10_000,
+        ),
+        "metrics_port": (sec.take("metrics_port", int, default=d.metrics_port), 0, 65535),
+    }
+    sec.finish()
+    for key, (value, low, high) in values.items():
+        if not low <= value <= high:
+            raise ConfigError(sec.path, sec.key(key), f"must be within {low}..{high}, got {value}")
+    return RelayConfig(**{k: v for k, (v, _lo, _hi) in values.items()})
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ __all__ = [
     "ensure_topic",
     "is_retriable",
     "probe_cluster",
+    "read_topic",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,15 +100,16 @@ def ensure_topic(
     try:
         if name in admin.list_topics():
             return False
-        try:
-            admin.create_topics(
-                [NewTopic(name, partitions, replication_factor)],
-                timeout_ms=int(timeout_s * 1000),
-                wait_for_metadata=True,
-            )
-        except kafka.errors.TopicAlreadyExistsError:
-            return False
+        admin.create_topics(
+            [NewTopic(name, partitions, replication_factor)],
+            timeout_ms=int(timeout_s * 1000),
+            wait_for_metadata=True,
+        )
         return True
+    except kafka.errors.TopicAlreadyExistsError:
+        return False
+    except kafka.errors.KafkaError as exc:
+        raise ServiceUnavailableError(f"cannot create topic {name}: {exc}") from None
     finally:
         admin.close()
 
@@ -208,6 +210,47 @@ class Consumer:
     def close(self) -> None:
         """Leave the group and close connections."""
         self._consumer.close()
+
+
+def read_topic(
+    bootstrap_servers: Sequence[str],
+    topic: str,
+    *,
+    idle_timeout_ms: int = 2000,
+    max_messages: int | None = None,
+    from_beginning: bool = True,
+) -> Iterable[Message]:
+    """Yield a topic's records without joining a group (no offsets committed).
+
+    Stops after ``idle_timeout_ms`` without a new record, or after ``max_messages``.
+    Partitions are read one batch at a time, so per-partition order is kept.
+    """
+    try:
+        consumer = kafka.KafkaConsumer(
+            bootstrap_servers=list(bootstrap_servers),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            consumer_timeout_ms=idle_timeout_ms,
+        )
+    except kafka.errors.KafkaError as exc:
+        raise ServiceUnavailableError(
+            f"cannot reach Kafka at {','.join(bootstrap_servers)}: {exc}"
+        ) from None
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise ServiceUnavailableError(f"topic {topic} does not exist")
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        if from_beginning:
+            consumer.seek_to_beginning(*assigned)
+        for count, r in enumerate(consumer, start=1):
+            yield Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+            if max_messages is not None and count >= max_messages:
+                return
+    finally:
+        consumer.close()
 
 
 def _admin(bootstrap_servers: Sequence[str], timeout_s: float) -> Any:

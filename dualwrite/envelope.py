@@ -1,0 +1,241 @@
+"""The change event envelope: versioned JSON on Kafka, and its exact decoding into Python.
+
+One change record becomes one Kafka message. The message key is ``<schema.table>:<key
+array>`` (UTF-8), so every event of one row lands on one partition. The value is a JSON
+object; see ``docs/envelope.md`` for the field list and the encoding of each PostgreSQL type.
+
+The row image is PostgreSQL's ``row_to_json`` output (``json_each`` keeps each value's text),
+so every value keeps its exact text: numeric scale, float signs and exponents, timestamps
+with their offsets. :func:`decode_event` parses numbers without going through ``float`` and
+turns each value into the Python type its column's ``types`` entry names, via a registry of
+decoders (:data:`DECODERS`). Pure functions, thread-safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from dualwrite.errors import DualwriteError
+
+__all__ = [
+    "DECODERS",
+    "SCHEMA_VERSION",
+    "ChangeEvent",
+    "EnvelopeError",
+    "decode_event",
+    "decode_value",
+]
+
+SCHEMA_VERSION = 1
+OPERATIONS = ("insert", "update", "delete", "read")
+
+
+class EnvelopeError(DualwriteError):
+    """A message is not a valid change event; ``reason`` says why (the bytes are kept by caller)."""
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One decoded change of one source row.
+
+    ``version`` grows per key in commit order (the changelog sequence); ``row`` is ``None``
+    for deletes; ``key`` and ``row`` hold typed Python values.
+    """
+
+    source: str
+    op: str
+    key: Mapping[str, Any]
+    row: Mapping[str, Any] | None
+    types: Mapping[str, str]
+    version: int
+    txid: int | None
+    ts: dt.datetime
+    origin: str
+    schema_version: int = SCHEMA_VERSION
+
+
+def _parse_int(text: str) -> int | Decimal:
+    # "-0" is a float8 negative zero written without a fraction; keep its sign.
+    return Decimal(text) if text == "-0" else int(text)
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Parse JSON keeping numbers exact (``Decimal`` for non-integers, never ``float``)."""
+    return json.loads(data, parse_float=Decimal, parse_int=_parse_int)
+
+
+# --- per-type decoders -------------------------------------------------------------------
+
+Decoder = Callable[[Any], Any]
+
+_SPECIAL_FLOATS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _float(v: Any) -> float:
+    if isinstance(v, str):
+        return _SPECIAL_FLOATS[v]
+    return float(v)
+
+
+def _numeric(v: Any) -> Decimal:
+    return Decimal(v)  # numbers arrive as Decimal or int; "NaN" / "Infinity" as text
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _timestamp(v: Any) -> dt.datetime | str:
+    if v in ("infinity", "-infinity"):
+        return str(v)  # no Python datetime holds them; kept as PostgreSQL spells them
+    return dt.datetime.fromisoformat(v)
+
+
+def _date(v: Any) -> dt.date | str:
+    if v in ("infinity", "-infinity"):
+        return str(v)
+    return dt.date.fromisoformat(v)
+
+
+def _bytea(v: Any) -> bytes:
+    if not isinstance(v, str) or not v.startswith("\\x"):
+        raise ValueError(f"expected bytea hex text, got {v!r}")
+    return bytes.fromhex(v[2:])
+
+
+def _json_text(v: Any) -> str:
+    # json columns travel as their exact text (a JSON string), so duplicates and order survive.
+    if not isinstance(v, str):
+        raise ValueError("expected json text")
+    return v
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected text, got {v!r}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+DECODERS: dict[str, Decoder] = {
+    "smallint": _int,
+    "integer": _int,
+    "bigint": _int,
+    "oid": _int,
+    "real": _float,
+    "double precision": _float,
+    "numeric": _numeric,
+    "boolean": _bool,
+    "text": _str,
+    "character varying": _str,
+    "character": _str,
+    "name": _str,
+    "citext": _str,
+    "uuid": lambda v: uuid.UUID(str(v)),
+    "date": _date,
+    "timestamp without time zone": _timestamp,
+    "timestamp with time zone": _timestamp,
+    "time without time zone": lambda v: dt.time.fromisoformat(str(v)),
+    "time with time zone": _str,
+    "interval": _str,
+    "bytea": _bytea,
+    "json": _json_text,
+    "jsonb": _identity,  # parsed structure; jsonb has no text identity to keep
+    "money": _str,
+}
+"""Decoder per PostgreSQL type name (``regtype`` spelling). Unknown types (enums, ranges,
+geometric types, ...) decode as their text form."""
+
+
+def decode_value(type_name: str, value: Any) -> Any:
+    """Turn one JSON value of a column of ``type_name`` into its Python value; NULL is None."""
+    if value is None:
+        return None
+    if type_name.endswith("[]"):
+        element = type_name[:-2]
+        if not isinstance(value, list):
+            raise ValueError(f"expected an array for {type_name}, got {value!r}")
+        return [
+            decode_value(type_name, item) if isinstance(item, list) else decode_value(element, item)
+            for item in value
+        ]
+    decoder: Decoder = DECODERS.get(type_name, _str)
+    return decoder(value)
+
+
+def _decode_row(image: Mapping[str, Any], types: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for column, value in image.items():
+        type_name = types.get(column)
+        if type_name is None:
+            raise EnvelopeError(f"column {column!r} has no entry in types")
+        try:
+            out[column] = decode_value(type_name, value)
+        except (ValueError, KeyError, ArithmeticError, TypeError) as exc:
+            raise EnvelopeError(f"column {column!r} ({type_name}): {exc}") from None
+    return out
+
+
+def decode_event(value: bytes) -> ChangeEvent:
+    """Parse and validate one message value; raises :class:`EnvelopeError` naming the problem."""
+    try:
+        doc = parse_json(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise EnvelopeError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise EnvelopeError("not a JSON object")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise EnvelopeError(
+            f"unsupported schema_version {version!r} (this build reads {SCHEMA_VERSION})"
+        )
+    missing = [
+        f
+        for f in ("source", "op", "key", "row", "types", "version", "ts", "origin")
+        if f not in doc
+    ]
+    if missing:
+        raise EnvelopeError(f"missing fields: {', '.join(missing)}")
+    op = doc["op"]
+    if op not in OPERATIONS:
+        raise EnvelopeError(f"unknown op {op!r}")
+    types, key, row = doc["types"], doc["key"], doc["row"]
+    if not isinstance(types, dict) or not isinstance(key, dict) or not key:
+        raise EnvelopeError("types and key must be JSON objects, key non-empty")
+    if (row is None) != (op == "delete") or (row is not None and not isinstance(row, dict)):
+        raise EnvelopeError(f"row must be an object for {op} and null for delete")
+    if not isinstance(doc["version"], int):
+        raise EnvelopeError("version must be an integer")
+    try:
+        ts = dt.datetime.fromisoformat(doc["ts"])
+    except (TypeError, ValueError):
+        raise EnvelopeError(f"ts is not an ISO timestamp: {doc['ts']!r}") from None
+    txid = doc.get("txid")
+    return ChangeEvent(
+        source=str(doc["source"]),
+        op=op,
+        key=_decode_row(key, types),
+        row=None if row is None else _decode_row(row, types),
+        types=types,
+        version=doc["version"],
+        txid=int(txid) if txid is not None else None,
+        ts=ts,
+        origin=str(doc["origin"]),
+    )
