@@ -176,7 +176,7 @@ def decode_value(type_name: str, value: Any) -> Any:
             decode_value(type_name, item) if isinstance(item, list) else decode_value(element, item)
             for item in value
         ]
-    decoder: Decoder = DECODERS.get(type_name, _str)
+    decoder: Decoder = DECODERS.get(type_name, _identity)
     return decoder(value)
 
 
