@@ -13,12 +13,14 @@ Only tests that use these fixtures need services; pure unit tests run anywhere.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -140,3 +142,47 @@ def migration_text(services: Services) -> str:
         f'[kafka]\nbootstrap_servers = ["{services.kafka_bootstrap}"]\ntopic_prefix = "dwtest"\n'
         '[[tables]]\nsource = "public.customers"\nkey = ["id"]\ntarget = "public.customers"\n'
     )
+
+
+@pytest.fixture
+def make_config(services: Services, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Build a MigrationConfig for this test: unique capture schema and topic prefix.
+
+    ``make_config(["schema.table", ...], **relay)`` ; capture is uninstalled (forced) after the
+    test so no trigger outlives it.
+    """
+    from dualwrite import MigrationConfig, parse_migration
+
+    made: list[MigrationConfig] = []
+    unique = uuid.uuid4().hex[:8]
+
+    def build(tables: list[str] | list[dict[str, Any]], **relay: int) -> MigrationConfig:
+        lines = [
+            'name = "dwtest"',
+            f'[source]\nurl = "{services.source_url}"',
+            f'[target]\nurl = "{services.target_url}"',
+            f'[kafka]\nbootstrap_servers = ["{services.kafka_bootstrap}"]\ntopic_prefix = "dwtest.{unique}.{len(made)}"',
+            f'[capture]\nschema = "cap_{unique}_{len(made)}"',
+        ]
+        if relay:
+            lines.append("[relay]\n" + "\n".join(f"{k} = {v}" for k, v in relay.items()))
+        for table in tables:
+            spec = table if isinstance(table, dict) else {"source": table}
+            entry = {"target": spec["source"], **spec}
+            body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in entry.items())
+            lines.append(f"[[tables]]\n{body}")
+        config = parse_migration("\n".join(lines) + "\n", f"{request.node.name}.toml", {})
+        made.append(config)
+        return config
+
+    yield build
+    from dualwrite import capture, make_engine
+
+    for config in made:
+        engine = make_engine(config.source)
+        try:
+            capture.uninstall(engine, config, force=True)
+        except Exception:  # the test may have dropped tables or schemas itself
+            pass
+        finally:
+            engine.dispose()

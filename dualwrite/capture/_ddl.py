@@ -140,10 +140,15 @@ def row_image(shape: TableShape, alias: str) -> sql.Composable:
     ref = sql.Identifier(alias)
     if not shape.json_columns:
         return sql.SQL("row_to_json({})").format(ref)
+    # The text comes from the column itself: json_each would drop surrounding whitespace.
+    cases = sql.SQL(" ").join(
+        sql.SQL("WHEN {} THEN to_json({}.{}::text)").format(sql.Literal(c), ref, sql.Identifier(c))
+        for c in shape.json_columns
+    )
     return sql.SQL(
-        "(SELECT json_object_agg(e.k, CASE WHEN e.k = ANY({cols}) AND json_typeof(e.v) <> 'null' "
-        "THEN to_json(e.v::text) ELSE e.v END) FROM json_each(row_to_json({ref})) AS e(k, v))"
-    ).format(cols=sql.Literal(list(shape.json_columns)), ref=ref)
+        "(SELECT json_object_agg(e.k, CASE e.k {cases} ELSE e.v END) "
+        "FROM json_each(row_to_json({ref})) AS e(k, v))"
+    ).format(cases=cases, ref=ref)
 
 
 def insert_change(
