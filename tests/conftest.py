@@ -17,6 +17,7 @@ import json
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,7 +183,7 @@ def make_config(services: Services, request: pytest.FixtureRequest) -> Iterator[
         engine = make_engine(config.source)
         try:
             capture.uninstall(engine, config, force=True)
-        except Exception:  # the test may have dropped tables or schemas itself
-            pass
+        except Exception as exc:  # the test may have dropped tables or schemas itself
+            warnings.warn(f"capture cleanup of {config.capture.schema}: {exc}", stacklevel=1)
         finally:
             engine.dispose()
