@@ -408,8 +408,12 @@ def summarise_pyspy(text: str, top: int = 12) -> dict[str, Any]:
         t["leaves"][leaf] = t["leaves"].get(leaf, 0) + count
     out: dict[str, Any] = {}
     for name, t in threads.items():
-        total = t["samples"] or 1
-        out[name] = {
+        # The main thread's shares are of its samples inside run_relay (the profiler starts
+        # a little before the drain); the I/O thread's are of all its samples.
+        total = (t["samples"] - t["buckets"].get("outside run_relay", 0)) or 1
+        t["buckets"].pop("outside run_relay", None)
+        label = "main (run_relay)" if name == "MainThread" else f"kafka-python I/O ({name})"
+        out[label] = {
             "samples": t["samples"],
             "buckets_pct": {
                 k: round(100 * v / total, 1)
@@ -490,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     phase_names = ["sql", "send", "flush", "commit", "setup+idle"]
     print_table(
         "Where a drain's wall time goes (seconds; per-batch phases summed)",
-        ["batch", "batches", *phase_names, "CPU s: relay", "postgres", "kafka"],
+        ["batch", "batches", *phase_names, "CPU s: relay", "postgres", "kafka", "relay µs/chg"],
         [
             (
                 d.batch_size,
@@ -499,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 d.cpu_s.get("relay (this process)"),
                 d.cpu_s.get("postgres"),
                 d.cpu_s.get("kafka"),
+                d.cpu_s.get("relay (this process)", 0.0) * 1e6 / max(1, d.changes),
             )
             for d in drains
         ],
@@ -518,12 +523,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"SQL per batch of {profile['batch_size']}, ms: {profile['sql_ms_per_batch']}")
         for thread, t in profile.get("pyspy", {}).items():
             print_table(
-                f"py-spy, thread {thread} ({t['samples']} samples at 200/s, idle included)",
+                f"py-spy, thread {thread}, {t['samples']} samples at 200/s, waits included",
                 ["bucket (inclusive)", "%"],
                 list(t["buckets_pct"].items()),
             )
             print_table(
-                f"py-spy, thread {thread}: hottest leaf frames",
+                f"py-spy, thread {thread}: hottest leaf frames (where the thread was)",
                 ["frame", "%"],
                 list(t["top_leaves_pct"].items()),
             )

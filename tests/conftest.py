@@ -146,13 +146,13 @@ def migration_text(services: Services) -> str:
 
 
 @pytest.fixture
-def make_config(services: Services, request: pytest.FixtureRequest) -> Iterator[Any]:
+def make_config(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Build a MigrationConfig for this test: unique capture schema and topic prefix.
 
-    ``make_config(["schema.table", ...], **relay)`` ; capture is uninstalled (forced) after the
-    test so no trigger outlives it.
+    ``make_config(["schema.table", ...], **relay)`` writes the file (``config.path``) and loads
+    it; capture is uninstalled (forced) after the test so no trigger outlives it.
     """
-    from dualwrite import MigrationConfig, parse_migration
+    from dualwrite import MigrationConfig, load_migration
 
     made: list[MigrationConfig] = []
     unique = uuid.uuid4().hex[:8]
@@ -172,7 +172,9 @@ def make_config(services: Services, request: pytest.FixtureRequest) -> Iterator[
             entry = {"target": spec["source"], **spec}
             body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in entry.items())
             lines.append(f"[[tables]]\n{body}")
-        config = parse_migration("\n".join(lines) + "\n", f"{request.node.name}.toml", {})
+        path = tmp_path_factory.mktemp("migration") / "migration.toml"
+        path.write_text("\n".join(lines) + "\n")
+        config = load_migration(path, env={})
         made.append(config)
         return config
 

@@ -140,7 +140,10 @@ def test_truncate_is_refused_and_nothing_is_lost(
     capture.install(source_engine, config)
     with source_engine.begin() as conn:
         conn.execute(text(f'INSERT INTO "{source_schema}".t VALUES (1), (2)'))
-    with pytest.raises(Exception, match=r"TRUNCATE of .* is refused"), source_engine.begin() as conn:
+    with (
+        pytest.raises(Exception, match=r"TRUNCATE of .* is refused"),
+        source_engine.begin() as conn,
+    ):
         conn.execute(text(f'TRUNCATE "{source_schema}".t'))
     with source_engine.connect() as conn:
         assert conn.execute(text(f'SELECT count(*) FROM "{source_schema}".t')).scalar() == 2
