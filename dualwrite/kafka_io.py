@@ -137,6 +137,7 @@ class Producer:
                 batch_size=batch_size,
                 compression_type=compression,
                 max_block_ms=max_block_ms,
+                reconnect_backoff_max_ms=5000,
             )
         except kafka.errors.KafkaError as exc:
             raise ServiceUnavailableError(
@@ -260,6 +261,7 @@ def _admin(bootstrap_servers: Sequence[str], timeout_s: float) -> Any:
             client_id="dualwrite-admin",
             request_timeout_ms=int(timeout_s * 1000),
             bootstrap_timeout_ms=int(timeout_s * 1000),
+            reconnect_backoff_max_ms=2000,
         )
     except kafka.errors.KafkaConfigurationError:
         raise
