@@ -75,7 +75,9 @@ _RELAY_KEYS = frozenset({"batch_size", "idle_poll_ms", "topic_partitions", "metr
 _CAPTURE_MODES = ("trigger", "outbox")
 _DATABASE_KEYS = frozenset({"url"})
 _KAFKA_KEYS = frozenset({"bootstrap_servers", "topic_prefix", "client_id"})
-_TABLE_KEYS = frozenset({"source", "target", "key", "capture"})
+_TABLE_KEYS = frozenset(
+    {"source", "target", "key", "capture", "rename", "drop", "constants", "convert"}
+)
 _TRANSFORM_KEYS = frozenset({"module"})
 _THRESHOLD_KEYS = frozenset({"max_lag_s", "max_reconcile_age_s", "max_dead_letters"})
 
@@ -130,6 +132,11 @@ class TableConfig:
     target: QualifiedName
     key: tuple[str, ...] = ()
     capture: str = "trigger"  # "trigger": row triggers; "outbox": the application records changes
+    # declared transform (used when the transform module does not cover this table)
+    rename: Mapping[str, str] = field(default_factory=dict)
+    drop: tuple[str, ...] = ()
+    constants: Mapping[str, Any] = field(default_factory=dict)
+    convert: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -403,6 +410,12 @@ def _tables(root: _Section, path: str) -> tuple[TableConfig, ...]:
                 raise ConfigError(path, where, str(exc)) from None
         if len(set(key)) != len(key):
             raise ConfigError(path, f"{prefix}key", "lists a column twice")
+        rename = _string_map(sec, "rename")
+        convert = _string_map(sec, "convert")
+        constants = dict(sec.take("constants", dict, default={}) or {})
+        drop_raw = sec.take("drop", list, default=[])
+        if not all(isinstance(c, str) for c in drop_raw):
+            raise ConfigError(path, f"{prefix}drop", "must be an array of column names")
         capture = sec.take("capture", str, default="trigger")
         if capture not in _CAPTURE_MODES:
             raise ConfigError(
@@ -414,8 +427,29 @@ def _tables(root: _Section, path: str) -> tuple[TableConfig, ...]:
         if source in sources:
             raise ConfigError(path, f"{prefix}source", f"{source} is listed twice")
         sources.add(source)
-        tables.append(TableConfig(source=source, target=target, key=tuple(key), capture=capture))
+        tables.append(
+            TableConfig(
+                source=source,
+                target=target,
+                key=tuple(key),
+                capture=capture,
+                rename=rename,
+                drop=tuple(drop_raw),
+                constants=constants,
+                convert=convert,
+            )
+        )
     return tuple(tables)
+
+
+def _string_map(sec: _Section, name: str) -> dict[str, str]:
+    raw = sec.take(name, dict, default={}) or {}
+    for k, v in raw.items():
+        if not isinstance(v, str):
+            raise ConfigError(
+                sec.path, f"{sec.key(name)}.{k}", f"must be a string, got {_describe(v)}"
+            )
+    return dict(raw)
 
 
 def _qualified(sec: _Section, name: str) -> QualifiedName:

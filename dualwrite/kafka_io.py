@@ -29,6 +29,7 @@ __all__ = [
     "Message",
     "Producer",
     "ensure_topic",
+    "group_lag",
     "is_retriable",
     "probe_cluster",
     "read_topic",
@@ -208,9 +209,48 @@ class Consumer:
         result = self._consumer.committed(TopicPartition(topic, partition))
         return None if result is None else int(result)
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition: log end offset minus this consumer's position."""
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return {}
+        ends = self._consumer.end_offsets(assigned)
+        return {
+            (tp.topic, tp.partition): int(ends[tp]) - int(self._consumer.position(tp))
+            for tp in assigned
+        }
+
     def close(self) -> None:
         """Leave the group and close connections."""
         self._consumer.close()
+
+
+def group_lag(
+    bootstrap_servers: Sequence[str], group_id: str, topic: str
+) -> dict[int, tuple[int, int | None]]:
+    """Per partition of ``topic``: (log end offset, the group's committed offset or None)."""
+    admin = _admin(bootstrap_servers, 10.0)
+    try:
+        committed = admin.list_group_offsets(group_id).get(group_id, {})
+    except kafka.errors.KafkaError as exc:
+        raise ServiceUnavailableError(f"cannot read offsets of group {group_id}: {exc}") from None
+    finally:
+        admin.close()
+    consumer = kafka.KafkaConsumer(bootstrap_servers=list(bootstrap_servers), group_id=None)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = consumer.end_offsets(tps) if tps else {}
+    finally:
+        consumer.close()
+    out: dict[int, tuple[int, int | None]] = {}
+    for tp in tps:
+        meta = committed.get(tp)
+        out[tp.partition] = (
+            int(ends[tp]),
+            None if meta is None or meta.offset < 0 else int(meta.offset),
+        )
+    return out
 
 
 def read_topic(

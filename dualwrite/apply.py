@@ -1,0 +1,320 @@
+"""Applying target row operations idempotently and monotonically (invariant 3).
+
+One call of :meth:`Applier.apply` is one target transaction:
+
+1. Operations are collapsed to the newest version per (target table, target key, source).
+2. The version bookkeeping (``dualwrite.applied`` on the target, never columns in the
+   user's tables) is upserted first with ``ON CONFLICT ... DO UPDATE ... WHERE
+   applied.version < EXCLUDED.version RETURNING``: the rows it returns are exactly the
+   operations that are newer than anything applied for their key, decided under the
+   bookkeeping row's lock, so concurrent workers (a rebalance) cannot both win.
+3. Only the winners touch data: COPY into a staging table, then one ``INSERT ... ON CONFLICT
+   DO UPDATE`` (whole rows, or only the owned columns of a merge) or ``DELETE`` (or, for a
+   non-primary owner of a merge, clearing its columns) per target table.
+4. The applied source position per source table is recorded in ``dualwrite.source_positions``.
+
+Replays, restarts and re-driven dead letters therefore change nothing. Not thread-safe: one
+Applier per worker thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from sqlalchemy import Engine
+
+from dualwrite.config import QualifiedName
+from dualwrite.errors import DualwriteError
+from dualwrite.transform import TargetOp, TargetSpec, Transforms
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "dualwrite"
+
+BOOKKEEPING_DDL = """
+CREATE SCHEMA IF NOT EXISTS dualwrite;
+CREATE TABLE IF NOT EXISTS dualwrite.applied (
+    target_table text   NOT NULL,
+    target_key   text   NOT NULL,
+    source_table text   NOT NULL,
+    version      bigint NOT NULL,
+    deleted      boolean NOT NULL,
+    applied_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_table, target_key, source_table)
+);
+CREATE TABLE IF NOT EXISTS dualwrite.source_positions (
+    source_table text PRIMARY KEY,
+    version      bigint NOT NULL,
+    source_ts    timestamptz,
+    applied_at   timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+class ApplyError(DualwriteError):
+    """The target rejected a batch (constraint, type, missing table or key index)."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    applied: int
+    skipped: int  # older or equal versions, or writes blocked by the primary's tombstone
+
+
+@dataclass
+class _TargetInfo:
+    columns: dict[str, str]  # column -> type name
+    key: tuple[str, ...]
+    stage_ready: set[tuple[str, ...]] = field(default_factory=set)
+
+
+def ensure_bookkeeping(engine: Engine) -> None:
+    """Create the ``dualwrite`` schema and bookkeeping tables on the target (idempotent)."""
+    raw: Any = engine.raw_connection()
+    try:
+        with raw.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('dualwrite.bookkeeping'))")
+            cur.execute(BOOKKEEPING_DDL)
+        raw.commit()
+    finally:
+        raw.close()
+
+
+class Applier:
+    """Applies batches of :class:`TargetOp` on one target connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any], transforms: Transforms) -> None:
+        self.conn = conn
+        self.transforms = transforms
+        self._targets: dict[QualifiedName, _TargetInfo] = {}
+        self._ops_table_ready = False
+
+    def apply(
+        self,
+        ops: Sequence[TargetOp],
+        positions: Mapping[str, tuple[int, dt.datetime | None]] | None = None,
+    ) -> ApplyResult:
+        """Apply ``ops`` in one transaction (commits it). Raises :class:`ApplyError` (after
+        rolling back) when the target rejects the batch; the caller isolates the culprit."""
+        try:
+            with self.conn.transaction():
+                result = self._apply(ops)
+                if positions:
+                    self._record_positions(positions)
+            return result
+        except (
+            psycopg.errors.DataError,
+            psycopg.errors.IntegrityError,
+            psycopg.errors.ProgrammingError,
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.InvalidColumnReference,
+        ) as exc:
+            raise ApplyError(f"{type(exc).__name__}: {str(exc).strip()}") from exc
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _apply(self, ops: Sequence[TargetOp]) -> ApplyResult:
+        newest: dict[tuple[str, str, str], TargetOp] = {}
+        for op in ops:
+            ident = (str(op.target), op.key_text, op.source)
+            current = newest.get(ident)
+            if current is None or op.version > current.version:
+                newest[ident] = op
+        if not newest:
+            return ApplyResult(0, len(ops))
+        winners = self._claim(newest)
+        spec_of = self.transforms.targets
+        blocked = self._primary_tombstones(winners, spec_of)
+        by_target: dict[QualifiedName, list[TargetOp]] = defaultdict(list)
+        for ident in sorted(winners):
+            op = newest[ident]
+            if (str(op.target), op.key_text) in blocked and not op.is_delete:
+                continue
+            by_target[op.target].append(op)
+        applied = 0
+        for target, target_ops in by_target.items():
+            spec = spec_of[str(target)]
+            applied += self._write(target, spec, target_ops)
+        return ApplyResult(applied, len(ops) - applied)
+
+    def _claim(self, newest: Mapping[tuple[str, str, str], TargetOp]) -> set[tuple[str, str, str]]:
+        if not self._ops_table_ready:
+            self.conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _dw_ops (target_table text, target_key text, "
+                "source_table text, version bigint, deleted boolean) ON COMMIT DELETE ROWS"
+            )
+            self._ops_table_ready = True
+        with self.conn.cursor() as cur:
+            with cur.copy("COPY _dw_ops FROM STDIN") as copy:
+                for (target, key, source), op in sorted(newest.items()):
+                    copy.write_row((target, key, source, op.version, op.is_delete))
+            cur.execute(
+                "INSERT INTO dualwrite.applied AS a (target_table, target_key, source_table, version, deleted) "
+                "SELECT target_table, target_key, source_table, version, deleted FROM _dw_ops "
+                "ORDER BY target_table, target_key, source_table "
+                "ON CONFLICT (target_table, target_key, source_table) DO UPDATE SET "
+                "version = EXCLUDED.version, deleted = EXCLUDED.deleted, applied_at = now() "
+                "WHERE a.version < EXCLUDED.version "
+                "RETURNING target_table, target_key, source_table"
+            )
+            return {(r[0], r[1], r[2]) for r in cur.fetchall()}
+
+    def _primary_tombstones(
+        self, winners: Iterable[tuple[str, str, str]], spec_of: Mapping[str, TargetSpec]
+    ) -> set[tuple[str, str]]:
+        """(target, key) whose primary source's last change was a delete: other owners must
+        not bring such a row back."""
+        candidates = [
+            (t, k, spec_of[t].primary)
+            for t, k, s in winners
+            if spec_of[t].primary is not None and spec_of[t].primary != s
+        ]
+        if not candidates:
+            return set()
+        rows = self.conn.execute(
+            "SELECT a.target_table, a.target_key FROM dualwrite.applied a "
+            "JOIN unnest(%s::text[], %s::text[], %s::text[]) AS c(t, k, s) "
+            "ON a.target_table = c.t AND a.target_key = c.k AND a.source_table = c.s WHERE a.deleted",
+            ([c[0] for c in candidates], [c[1] for c in candidates], [c[2] for c in candidates]),
+        ).fetchall()
+        return {(r[0], r[1]) for r in rows}
+
+    def _info(self, target: QualifiedName) -> _TargetInfo:
+        info = self._targets.get(target)
+        if info is not None:
+            return info
+        rows = self.conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (
+                sql.SQL("{}.{}")
+                .format(sql.Identifier(target.schema), sql.Identifier(target.name))
+                .as_string(None),
+            ),
+        ).fetchall()
+        if not rows:
+            raise ApplyError(f"target table {target} does not exist")
+        spec = self.transforms.targets[str(target)]
+        info = _TargetInfo({r[0]: r[1] for r in rows}, spec.key)
+        self._targets[target] = info
+        return info
+
+    def _write(self, target: QualifiedName, spec: TargetSpec, ops: list[TargetOp]) -> int:
+        info = self._info(target)
+        table = sql.SQL("{}.{}").format(sql.Identifier(target.schema), sql.Identifier(target.name))
+        key_cols = list(spec.key)
+        deletes = [op for op in ops if op.is_delete]
+        upserts = [op for op in ops if not op.is_delete]
+        count = 0
+        if deletes:
+            by_source: dict[str, list[TargetOp]] = defaultdict(list)
+            for op in deletes:
+                by_source[op.source].append(op)
+            for source, group in by_source.items():
+                owned = spec.owned_by(source)
+                stage = self._stage(target, info, key_cols, [op.key for op in group])
+                match = sql.SQL(" AND ").join(
+                    sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in key_cols
+                )
+                if owned is not None and spec.primary != source:
+                    sets = sql.SQL(", ").join(
+                        sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in owned
+                    )
+                    self.conn.execute(
+                        sql.SQL("UPDATE {t} AS t SET {sets} FROM {s} AS s WHERE {m}").format(
+                            t=table, sets=sets, s=stage, m=match
+                        )
+                    )
+                else:
+                    self.conn.execute(
+                        sql.SQL("DELETE FROM {t} AS t USING {s} AS s WHERE {m}").format(
+                            t=table, s=stage, m=match
+                        )
+                    )
+                count += len(group)
+        groups: dict[tuple[str, ...], list[TargetOp]] = defaultdict(list)
+        for op in upserts:
+            assert op.values is not None
+            groups[tuple(op.values)].append(op)
+        for columns, group in groups.items():
+            unknown = [c for c in columns if c not in info.columns]
+            if unknown:
+                raise ApplyError(f"target table {target} has no column(s) {', '.join(unknown)}")
+            rows = [tuple(_adapt(op.values[c], info.columns[c]) for c in columns) for op in group]  # type: ignore[index]
+            stage = self._stage(target, info, list(columns), rows)
+            non_key = [c for c in columns if c not in key_cols]
+            cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+            conflict = sql.SQL(", ").join(sql.Identifier(c) for c in key_cols)
+            action = (
+                sql.SQL("DO UPDATE SET {}").format(
+                    sql.SQL(", ").join(
+                        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key
+                    )
+                )
+                if non_key
+                else sql.SQL("DO NOTHING")
+            )
+            self.conn.execute(
+                sql.SQL(
+                    "INSERT INTO {t} ({cols}) SELECT {cols} FROM {s} ON CONFLICT ({k}) {a}"
+                ).format(t=table, cols=cols, s=stage, k=conflict, a=action)
+            )
+            count += len(group)
+        return count
+
+    def _stage(
+        self,
+        target: QualifiedName,
+        info: _TargetInfo,
+        columns: list[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> sql.Composable:
+        """COPY ``rows`` into a per-session temp table shaped like ``columns`` of the target."""
+        name = f"_dw_s_{abs(hash((str(target), tuple(columns)))) % 10**12}"
+        stage = sql.Identifier(name)
+        if tuple(columns) not in info.stage_ready:
+            self.conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {s} AS SELECT {cols} FROM {t} WITH NO DATA"
+                ).format(
+                    s=stage,
+                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+                    t=sql.SQL("{}.{}").format(
+                        sql.Identifier(target.schema), sql.Identifier(target.name)
+                    ),
+                )
+            )
+            info.stage_ready.add(tuple(columns))
+        self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
+        with (
+            self.conn.cursor() as cur,
+            cur.copy(sql.SQL("COPY {} FROM STDIN").format(stage)) as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+        return stage
+
+    def _record_positions(self, positions: Mapping[str, tuple[int, dt.datetime | None]]) -> None:
+        items = sorted(positions.items())
+        self.conn.execute(
+            "INSERT INTO dualwrite.source_positions AS p (source_table, version, source_ts) "
+            "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[]) ORDER BY 1 "
+            "ON CONFLICT (source_table) DO UPDATE SET version = GREATEST(p.version, EXCLUDED.version), "
+            "source_ts = GREATEST(p.source_ts, EXCLUDED.source_ts), applied_at = now()",
+            ([k for k, _ in items], [v for _, (v, _t) in items], [t for _, (_v, t) in items]),
+        )
+
+
+def _adapt(value: Any, type_name: str) -> Any:
+    if type_name in ("json", "jsonb") and value is not None and not isinstance(value, str):
+        return Jsonb(value) if type_name == "jsonb" else json.dumps(value, default=str)
+    return value

@@ -1,0 +1,25 @@
+"""Transforms: one source change -> zero or more target row operations.
+
+The same registry serves the stream (worker), the backfill and reconcile.
+"""
+
+from dualwrite.transform._declared import CONVERTERS, DeclaredTransformError
+from dualwrite.transform._model import TargetOp, TargetSpec, key_text
+from dualwrite.transform._registry import (
+    SourceTransform,
+    TransformError,
+    Transforms,
+    load_transforms,
+)
+
+__all__ = [
+    "CONVERTERS",
+    "DeclaredTransformError",
+    "SourceTransform",
+    "TargetOp",
+    "TargetSpec",
+    "TransformError",
+    "Transforms",
+    "key_text",
+    "load_transforms",
+]

@@ -1,0 +1,124 @@
+"""Transforms declared in the migration file: renames, dropped columns, constants, conversions.
+
+For a table the transform module does not cover::
+
+    [[tables]]
+    source = "legacy.orders"
+    target = "shop.orders"
+    rename = { amount_cents = "amount", placed_at = "placed_at_utc" }
+    drop = ["internal_note"]
+    constants = { currency = "EUR" }
+    convert = { amount_cents = "cents_to_numeric", email = "lower", placed_at = "zone:Europe/Berlin" }
+
+Conversions apply to source column names, before renaming; each is a named function in
+:data:`CONVERTERS` (``name`` or ``name:argument``). Unknown names are rejected when the
+registry is built, naming the table and the column.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import unicodedata
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dualwrite.config import TableConfig
+from dualwrite.errors import DualwriteError
+
+Converter = Callable[[Any], Any]
+
+
+def _cents(v: Any) -> Any:
+    return None if v is None else (Decimal(v) / 100).quantize(Decimal("0.01"))
+
+
+def _lower(v: Any) -> Any:
+    return None if v is None else str(v).lower()
+
+
+def _upper(v: Any) -> Any:
+    return None if v is None else str(v).upper()
+
+
+def _trim(v: Any) -> Any:
+    return None if v is None else str(v).strip()
+
+
+def _nfc(v: Any) -> Any:
+    return None if v is None else unicodedata.normalize("NFC", str(v))
+
+
+def _zone(argument: str) -> Converter:
+    try:
+        zone = ZoneInfo(argument)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {argument!r}") from None
+
+    def convert(v: Any) -> Any:
+        if v is None or isinstance(v, str):
+            return v  # NULL, or PostgreSQL's 'infinity'
+        if not isinstance(v, dt.datetime) or v.tzinfo is not None:
+            raise ValueError(f"expected a timestamp without time zone, got {v!r}")
+        return v.replace(tzinfo=zone).astimezone(dt.UTC)
+
+    return convert
+
+
+CONVERTERS: dict[str, Callable[[str], Converter]] = {
+    "cents_to_numeric": lambda _arg: _cents,
+    "lower": lambda _arg: _lower,
+    "upper": lambda _arg: _upper,
+    "trim": lambda _arg: _trim,
+    "nfc": lambda _arg: _nfc,
+    "zone": _zone,
+}
+"""Named conversions for declared transforms; ``zone:<IANA zone>`` reads a naive timestamp
+as local time in that zone and returns it as an aware UTC timestamp."""
+
+
+class DeclaredTransformError(DualwriteError):
+    """A declared transform names an unknown conversion or an invalid argument."""
+
+
+def build_converter(spec: str, where: str) -> Converter:
+    name, _, argument = spec.partition(":")
+    factory = CONVERTERS.get(name)
+    if factory is None:
+        raise DeclaredTransformError(
+            f"{where}: unknown conversion {name!r} (known: {', '.join(sorted(CONVERTERS))})"
+        )
+    try:
+        return factory(argument)
+    except ValueError as exc:
+        raise DeclaredTransformError(f"{where}: {exc}") from None
+
+
+def declared_transform(
+    table: TableConfig,
+) -> tuple[Callable[[Mapping[str, Any]], Mapping[str, Mapping[str, Any]]], Callable[[str], str]]:
+    """The row function of a declared transform, and the source -> target column renamer."""
+    converters = {
+        column: build_converter(spec, f"{table.source} column {column}")
+        for column, spec in table.convert.items()
+    }
+    rename = dict(table.rename)
+    dropped = set(table.drop)
+    constants = dict(table.constants)
+    target = str(table.target)
+
+    def column_name(source_column: str) -> str:
+        return rename.get(source_column, source_column)
+
+    def transform(row: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
+        values: dict[str, Any] = {}
+        for column, value in row.items():
+            if column in dropped:
+                continue
+            convert = converters.get(column)
+            values[column_name(column)] = convert(value) if convert else value
+        values.update(constants)
+        return {target: values}
+
+    return transform, column_name

@@ -1,0 +1,62 @@
+"""What a transform produces: operations on target rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dualwrite.config import QualifiedName
+
+
+def key_text(values: tuple[Any, ...]) -> str:
+    """The canonical text of a target key, used by the version bookkeeping.
+
+    JSON array of the key values (``str`` for dates, UUIDs, decimals), so equal keys always
+    give equal text and no separator can collide.
+    """
+    return json.dumps(list(values), default=str, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One target table: its key columns and, for merges, which source owns which columns.
+
+    ``owners`` maps a source table to the columns it writes; the ``primary`` source decides
+    whether the row exists (its delete deletes the row; another owner's delete clears only
+    that owner's columns).
+    """
+
+    table: QualifiedName
+    key: tuple[str, ...]
+    primary: str | None = None
+    owners: Mapping[str, tuple[str, ...]] | None = None
+
+    def owned_by(self, source: str) -> tuple[str, ...] | None:
+        """The columns ``source`` may write, or None when it writes whole rows."""
+        if not self.owners:
+            return None
+        return self.owners.get(source, ())
+
+
+@dataclass(frozen=True)
+class TargetOp:
+    """Upsert (``values`` set) or delete (``values`` None) of one target row by one source.
+
+    ``version`` is the source version (changelog sequence) of the change it came from.
+    """
+
+    target: QualifiedName
+    key: tuple[Any, ...]
+    values: Mapping[str, Any] | None
+    source: str
+    version: int
+
+    @property
+    def is_delete(self) -> bool:
+        return self.values is None
+
+    @property
+    def key_text(self) -> str:
+        return key_text(self.key)

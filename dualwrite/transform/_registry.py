@@ -1,0 +1,248 @@
+"""The transform registry: how a source change becomes target row operations.
+
+A transform module (``[transform] module`` in the migration file) defines a module-level
+``transforms = Transforms()`` and registers one function per source table::
+
+    transforms = Transforms()
+    transforms.target("shop.customers", key=["id"],
+                      owners={"legacy.customers": [...], "legacy.customer_profiles": [...]},
+                      primary="legacy.customers")
+
+    @transforms.source("legacy.customers", targets={"shop.customers": {"id": "id"}})
+    def customers(row):
+        return {"shop.customers": {"id": row["id"], "full_name": ...}}
+
+The function receives the source row (typed values) and returns, per target table, the
+target row's values, or nothing for a target to mean "this source row has no row there"
+(filtering). ``targets`` maps each target table to ``{target key column: source key
+column}``, which is how a delete (which carries only the source key) finds its target rows,
+and how an update that filters a row out deletes what an earlier version produced.
+
+The same registry serves the stream, the backfill and reconcile; ``inverse`` registers the
+reverse mapping for rollback. Thread-safe once built (read-only).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dualwrite.config import MigrationConfig, TableConfig, parse_qualified_name
+from dualwrite.errors import DualwriteError
+from dualwrite.transform._declared import declared_transform
+from dualwrite.transform._model import TargetOp, TargetSpec
+
+RowFunction = Callable[[Mapping[str, Any]], Mapping[str, Mapping[str, Any]] | None]
+
+
+class TransformError(DualwriteError):
+    """A transform is missing, misdeclared, or failed on a row (the message names which)."""
+
+
+@dataclass(frozen=True)
+class SourceTransform:
+    source: str
+    function: RowFunction
+    targets: Mapping[str, Mapping[str, str]]  # target table -> {target key col: source key col}
+
+
+def _name(text: str) -> str:
+    return str(parse_qualified_name(text))
+
+
+class Transforms:
+    """Registry of source transforms, target specs and inverse transforms."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, SourceTransform] = {}
+        self.targets: dict[str, TargetSpec] = {}
+        self.inverses: dict[str, RowFunction] = {}
+        self.renamers: dict[str, Callable[[str], str]] = {}  # declared sources: key inference
+        self._lock = threading.Lock()
+
+    def target(
+        self,
+        table: str,
+        *,
+        key: Sequence[str],
+        owners: Mapping[str, Sequence[str]] | None = None,
+        primary: str | None = None,
+    ) -> None:
+        """Declare a target table's key, and for merges the columns each source owns."""
+        owner_map = {_name(s): tuple(cols) for s, cols in (owners or {}).items()} or None
+        if owner_map and (primary is None or _name(primary) not in owner_map):
+            raise TransformError(
+                f"target {table}: a merged target needs primary= one of its owners"
+            )
+        self.targets[_name(table)] = TargetSpec(
+            parse_qualified_name(table), tuple(key), _name(primary) if primary else None, owner_map
+        )
+
+    def source(
+        self, table: str, *, targets: Mapping[str, Mapping[str, str]]
+    ) -> Callable[[RowFunction], RowFunction]:
+        """Register the transform of source ``table``; ``targets`` maps target key columns."""
+
+        def register(function: RowFunction) -> RowFunction:
+            name = _name(table)
+            if name in self.sources:
+                raise TransformError(f"source {table} has two transforms")
+            self.sources[name] = SourceTransform(
+                name, function, {_name(t): dict(m) for t, m in targets.items()}
+            )
+            return function
+
+        return register
+
+    def inverse(self, target: str) -> Callable[[RowFunction], RowFunction]:
+        """Register the inverse of ``target``: a target row -> ``{source table: source row}``."""
+
+        def register(function: RowFunction) -> RowFunction:
+            self.inverses[_name(target)] = function
+            return function
+
+        return register
+
+    # --- use ---------------------------------------------------------------------------
+
+    def _learn_key(self, st: SourceTransform, key: Mapping[str, Any]) -> SourceTransform:
+        return _learn_key_impl(self, st, key)
+
+    def check(self) -> None:
+        """Every target a source writes is declared, and every key column is mapped."""
+        for st in self.sources.values():
+            for target, mapping in st.targets.items():
+                spec = self.targets.get(target)
+                if spec is None:
+                    raise TransformError(
+                        f"source {st.source} writes {target}, which has no transforms.target(...)"
+                    )
+                if spec.key and set(mapping) != set(spec.key):
+                    raise TransformError(
+                        f"source {st.source} -> {target}: targets mapping must name exactly the key "
+                        f"columns {', '.join(spec.key)}"
+                    )
+                if spec.owners is not None and st.source not in spec.owners:
+                    raise TransformError(
+                        f"source {st.source} writes merged target {target} but owns no columns"
+                    )
+
+    def apply(
+        self,
+        source: str,
+        op: str,
+        key: Mapping[str, Any],
+        row: Mapping[str, Any] | None,
+        version: int,
+    ) -> list[TargetOp]:
+        """The target operations for one source change (insert, update, delete or read).
+
+        Raises :class:`TransformError` for an unknown source table or a failing transform
+        (the message names the source, the key and the exception).
+        """
+        st = self.sources.get(source)
+        if st is None:
+            raise TransformError(f"no transform for source table {source}")
+        if source in self.renamers and any(not self.targets[t].key for t in st.targets):
+            st = self._learn_key(st, key)
+        produced: Mapping[str, Mapping[str, Any]] = {}
+        if op != "delete":
+            assert row is not None
+            try:
+                produced = st.function(row) or {}
+            except Exception as exc:
+                raise TransformError(
+                    f"transform of {source} failed for key {dict(key)}: {type(exc).__name__}: {exc}"
+                ) from exc
+            unknown = set(produced) - set(st.targets)
+            if unknown:
+                raise TransformError(
+                    f"transform of {source} produced undeclared targets {sorted(unknown)}"
+                )
+        ops: list[TargetOp] = []
+        for target, mapping in st.targets.items():
+            spec = self.targets[target]
+            values = produced.get(target)
+            if values is None:
+                target_key = tuple(key[mapping[c]] for c in spec.key)
+                ops.append(TargetOp(spec.table, target_key, None, source, version))
+                continue
+            missing = [c for c in spec.key if c not in values]
+            if missing:
+                raise TransformError(
+                    f"transform of {source} -> {target} left out key column(s) {missing}"
+                )
+            owned = spec.owned_by(source)
+            if owned is not None:
+                extra = set(values) - set(owned) - set(spec.key)
+                if extra:
+                    raise TransformError(
+                        f"{source} writes {sorted(extra)} of {target}, which it does not own"
+                    )
+            ops.append(
+                TargetOp(
+                    spec.table, tuple(values[c] for c in spec.key), dict(values), source, version
+                )
+            )
+        return ops
+
+
+def _learn_key_impl(
+    transforms: Transforms, st: SourceTransform, key: Mapping[str, Any]
+) -> SourceTransform:
+    rename = transforms.renamers[st.source]
+    with transforms._lock:
+        current = transforms.sources[st.source]
+        targets = dict(current.targets)
+        for target, mapping in current.targets.items():
+            spec = transforms.targets[target]
+            if not spec.key:
+                transforms.targets[target] = TargetSpec(spec.table, tuple(rename(c) for c in key))
+                targets[target] = {rename(c): c for c in key}
+            elif not mapping:
+                targets[target] = {rename(c): c for c in key}
+        updated = SourceTransform(current.source, current.function, targets)
+        transforms.sources[st.source] = updated
+        return updated
+
+
+def load_transforms(config: MigrationConfig) -> Transforms:
+    """The registry for a migration: the user's module, plus declared transforms for tables
+    the module does not cover (identity copies with renames, constants and conversions)."""
+    transforms = Transforms()
+    if config.transform.module:
+        try:
+            module = importlib.import_module(config.transform.module)
+        except ImportError as exc:
+            raise TransformError(
+                f"cannot import transform module {config.transform.module!r}: {exc}"
+            ) from None
+        found = getattr(module, "transforms", None)
+        if not isinstance(found, Transforms):
+            raise TransformError(
+                f"transform module {config.transform.module!r} must define `transforms = Transforms()`"
+            )
+        transforms = found
+    for table in config.tables:
+        if str(table.source) not in transforms.sources:
+            _declare(transforms, table)
+    transforms.check()
+    return transforms
+
+
+def _declare(transforms: Transforms, table: TableConfig) -> None:
+    function, column_name = declared_transform(table)
+    target = str(table.target)
+    if table.key:
+        key = [column_name(c) for c in table.key]
+        transforms.target(target, key=key)
+        mapping = {column_name(c): c for c in table.key}
+    else:
+        # Key columns are learnt from the first change (its key lists them in key order).
+        transforms.targets[target] = TargetSpec(table.target, ())
+        mapping = {}
+    transforms.source(str(table.source), targets={target: mapping})(function)
+    transforms.renamers[str(table.source)] = column_name

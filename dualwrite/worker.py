@@ -1,0 +1,451 @@
+"""The consumer worker: Kafka change events -> transforms -> idempotent apply on the target.
+
+One worker is one consumer-group member; scale by running more processes. Per batch:
+
+1. poll up to ``batch_size`` events (or until ``linger_ms`` passes);
+2. decode and transform each in offset order. Poison (undecodable, unknown table, failing
+   transform) goes to the dead-letter topic and its key is quarantined; later events of a
+   quarantined key are parked on the target (``dualwrite.parked``) instead of being applied
+   out of order, until ``dualwrite dlq redrive``;
+3. apply the rest in one target transaction (:class:`dualwrite.apply.Applier`); if the target
+   rejects the batch, events are applied one by one and those that still fail are dead-
+   lettered (after bounded retries) and quarantined the same way;
+4. publish dead letters and wait for their acknowledgement;
+5. only then commit the Kafka offsets (invariant 5).
+
+A crash anywhere redelivers the batch; the version guard makes the replay a no-op.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import json
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from sqlalchemy import Engine
+
+from dualwrite import __version__
+from dualwrite.apply import Applier, ApplyError, ensure_bookkeeping
+from dualwrite.config import MigrationConfig
+from dualwrite.envelope import ChangeEvent, EnvelopeError, decode_event
+from dualwrite.errors import ServiceUnavailableError
+from dualwrite.kafka_io import Consumer, Message, Producer, ensure_topic
+from dualwrite.metrics import Metrics
+from dualwrite.redaction import redact_text
+from dualwrite.transform import TargetOp, TransformError, Transforms
+
+__all__ = ["WorkerResult", "WorkerSettings", "dead_letter_topic", "run_worker", "worker_metrics"]
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_DDL = """
+CREATE TABLE IF NOT EXISTS dualwrite.quarantine (
+    msg_key    text PRIMARY KEY,
+    reason     text NOT NULL,
+    error      text NOT NULL,
+    since      timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS dualwrite.parked (
+    msg_key    text   NOT NULL,
+    topic      text   NOT NULL,
+    partition  int    NOT NULL,
+    "offset"   bigint NOT NULL,
+    value      bytea,
+    parked_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition, "offset")
+);
+CREATE INDEX IF NOT EXISTS parked_by_key ON dualwrite.parked (msg_key, partition, "offset");
+"""
+
+
+def dead_letter_topic(config: MigrationConfig) -> str:
+    return f"{config.kafka.topic_prefix}.dlq"
+
+
+def consumer_group(config: MigrationConfig) -> str:
+    return f"{config.kafka.topic_prefix}.worker"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    batch_size: int = 2000
+    linger_ms: int = 100
+    idle_s: float = 2.0  # with until_idle: exit after this long with nothing left to read
+    max_apply_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    consumed: int
+    applied: int
+    dead_lettered: int
+    parked: int
+    batches: int
+    elapsed_s: float
+
+
+@dataclass
+class _Poison:
+    message: Message
+    reason: str
+    error: str
+
+
+@dataclass
+class _Batch:
+    messages: list[Message]
+    good: list[tuple[Message, ChangeEvent, list[TargetOp]]] = field(default_factory=list)
+    poison: list[_Poison] = field(default_factory=list)
+    parked: list[Message] = field(default_factory=list)
+
+
+def worker_metrics() -> Metrics:
+    m = Metrics()
+    m.counter("worker_events_total", "Change events consumed.")
+    m.counter("worker_applied_total", "Target row operations written.")
+    m.counter("worker_dead_letters_total", "Events sent to the dead-letter topic.")
+    m.counter("worker_parked_total", "Events parked behind a quarantined key.")
+    m.counter("worker_batches_total", "Batches committed.")
+    m.gauge(
+        "worker_end_to_end_lag_seconds",
+        "Now minus the source timestamp of the last applied change.",
+    )
+    return m
+
+
+def ensure_worker_tables(engine: Engine) -> None:
+    ensure_bookkeeping(engine)
+    raw: Any = engine.raw_connection()
+    try:
+        with raw.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('dualwrite.bookkeeping'))")
+            cur.execute(QUARANTINE_DDL)
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def run_worker(
+    engine: Engine,
+    config: MigrationConfig,
+    transforms: Transforms,
+    *,
+    settings: WorkerSettings | None = None,
+    until_idle: bool = False,
+    stop: threading.Event | None = None,
+    metrics: Metrics | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> WorkerResult:
+    """Consume, transform and apply until ``stop`` (or, with ``until_idle``, until caught up).
+
+    The database or broker being unavailable is retried with backoff; the batch in hand is
+    kept and re-applied, and offsets are committed only after the target commit.
+    """
+    settings = settings or WorkerSettings()
+    stop = stop or threading.Event()
+    metrics = metrics or worker_metrics()
+    ensure_worker_tables(engine)
+    servers = config.kafka.bootstrap_servers
+    ensure_topic(servers, config.changes_topic, partitions=config.relay.topic_partitions)
+    ensure_topic(servers, dead_letter_topic(config), partitions=1)
+    consumer = Consumer(
+        servers,
+        consumer_group(config),
+        [config.changes_topic],
+        client_id=f"{config.kafka.client_id}-worker",
+        max_poll_records=settings.batch_size,
+    )
+    producer = Producer(servers, client_id=f"{config.kafka.client_id}-worker-dlq")
+    conn = _connect(engine)
+    applier = Applier(conn, transforms)
+    t0 = time.monotonic()
+    consumed = applied = dead = parked = batches = 0
+    idle_since: float | None = None
+    try:
+        while not stop.is_set():
+            messages = _poll(consumer, settings, stop)
+            if not messages:
+                if until_idle:
+                    lag = consumer.lag()
+                    caught_up = bool(lag) and all(v <= 0 for v in lag.values())
+                    idle_since = idle_since or time.monotonic()
+                    if caught_up and time.monotonic() - idle_since >= settings.idle_s:
+                        break
+                continue
+            idle_since = None
+            failures = 0
+            while True:
+                try:
+                    result = _process(applier, conn, config, transforms, messages, settings)
+                    break
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    failures += 1
+                    log.warning(
+                        "target database unavailable (%s); retrying the batch",
+                        redact_text(str(exc).strip()),
+                    )
+                    _sleep(stop, failures)
+                    conn = _reconnect(engine, conn)
+                    applier = Applier(conn, transforms)
+            for _attempt in range(1000):
+                try:
+                    _publish_dead_letters(producer, config, result.poison)
+                    break
+                except ServiceUnavailableError as exc:
+                    log.warning("cannot publish dead letters (%s); retrying", exc)
+                    _sleep(stop, _attempt + 1)
+            consumer.commit(_next_offsets(messages))
+            consumed += len(messages)
+            applied += result.applied
+            dead += len(result.poison)
+            parked += len(result.parked)
+            batches += 1
+            metrics.inc("worker_events_total", len(messages))
+            metrics.inc("worker_applied_total", result.applied)
+            metrics.inc("worker_dead_letters_total", len(result.poison))
+            metrics.inc("worker_parked_total", len(result.parked))
+            metrics.inc("worker_batches_total")
+            if result.last_ts is not None:
+                metrics.set(
+                    "worker_end_to_end_lag_seconds",
+                    (dt.datetime.now(dt.UTC) - result.last_ts).total_seconds(),
+                )
+            if on_batch is not None:
+                on_batch(len(messages))
+    finally:
+        consumer.close()
+        producer.close()
+        conn.close()
+    return WorkerResult(consumed, applied, dead, parked, batches, time.monotonic() - t0)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    applied: int
+    poison: list[_Poison]
+    parked: list[Message]
+    last_ts: dt.datetime | None
+
+
+def _poll(consumer: Consumer, settings: WorkerSettings, stop: threading.Event) -> list[Message]:
+    deadline = time.monotonic() + settings.linger_ms / 1000
+    batch: list[Message] = []
+    while len(batch) < settings.batch_size and not stop.is_set():
+        remaining = max(0, int((deadline - time.monotonic()) * 1000))
+        got = consumer.poll(
+            timeout_ms=remaining if batch else max(remaining, 200),
+            max_records=settings.batch_size - len(batch),
+        )
+        batch.extend(got)
+        if time.monotonic() >= deadline or (not got and batch):
+            break
+        if not got and not batch:
+            break
+    return batch
+
+
+def process_messages(
+    applier: Applier,
+    conn: psycopg.Connection[Any],
+    config: MigrationConfig,
+    transforms: Transforms,
+    messages: list[Message],
+    settings: WorkerSettings | None = None,
+) -> _Outcome:
+    """Decode, transform and apply one batch (exposed for re-drive and tests)."""
+    return _process(applier, conn, config, transforms, messages, settings or WorkerSettings())
+
+
+def _process(
+    applier: Applier,
+    conn: psycopg.Connection[Any],
+    config: MigrationConfig,
+    transforms: Transforms,
+    messages: list[Message],
+    settings: WorkerSettings,
+) -> _Outcome:
+    keys = sorted({(m.key or b"").decode("utf-8", "replace") for m in messages})
+    quarantined = {
+        r[0]
+        for r in conn.execute(
+            "SELECT msg_key FROM dualwrite.quarantine WHERE msg_key = ANY(%s)", (keys,)
+        )
+    }
+    conn.commit()
+    batch = _Batch(messages)
+    blocked = set(quarantined)
+    for message in messages:
+        key = (message.key or b"").decode("utf-8", "replace")
+        if key in blocked:
+            batch.parked.append(message)
+            continue
+        try:
+            event = decode_event(message.value or b"")
+            ops = transforms.apply(event.source, event.op, event.key, event.row, event.version)
+        except EnvelopeError as exc:
+            batch.poison.append(_Poison(message, "undecodable", str(exc)))
+            blocked.add(key)
+            continue
+        except TransformError as exc:
+            reason = (
+                "unknown_table"
+                if str(exc).startswith("no transform for source table")
+                else "transform_error"
+            )
+            batch.poison.append(_Poison(message, reason, str(exc)))
+            blocked.add(key)
+            continue
+        batch.good.append((message, event, ops))
+    # Park later good events of keys that became poisoned earlier in this batch.
+    poisoned_offsets = {
+        (p.message.partition, (p.message.key or b"")): p.message.offset for p in batch.poison
+    }
+    still_good = []
+    for message, event, ops in batch.good:
+        first_bad = poisoned_offsets.get((message.partition, message.key or b""))
+        if first_bad is not None and message.offset > first_bad:
+            batch.parked.append(message)
+        else:
+            still_good.append((message, event, ops))
+    batch.good = still_good
+    applied = 0
+    try:
+        applied = _apply_all(applier, batch.good, extra=lambda: _record_quarantine(conn, batch))
+    except ApplyError:
+        applied = _apply_one_by_one(applier, conn, batch, settings)
+    last_ts = max((e.ts for _m, e, _o in batch.good), default=None)
+    return _Outcome(applied, batch.poison, batch.parked, last_ts)
+
+
+def _positions(events: list[ChangeEvent]) -> dict[str, tuple[int, dt.datetime | None]]:
+    out: dict[str, tuple[int, dt.datetime | None]] = {}
+    for e in events:
+        current = out.get(e.source)
+        if current is None or e.version > current[0]:
+            out[e.source] = (e.version, e.ts)
+    return out
+
+
+def _apply_all(
+    applier: Applier,
+    good: list[tuple[Message, ChangeEvent, list[TargetOp]]],
+    extra: Callable[[], None],
+) -> int:
+    ops = [op for _m, _e, event_ops in good for op in event_ops]
+    with applier.conn.transaction():
+        result = applier.apply(ops, _positions([e for _m, e, _o in good]))
+        extra()
+    return result.applied
+
+
+def _apply_one_by_one(
+    applier: Applier, conn: psycopg.Connection[Any], batch: _Batch, settings: WorkerSettings
+) -> int:
+    applied = 0
+    blocked: set[tuple[int, bytes]] = set()
+    remaining: list[tuple[Message, ChangeEvent, list[TargetOp]]] = []
+    for message, event, ops in batch.good:
+        ident = (message.partition, message.key or b"")
+        if ident in blocked:
+            batch.parked.append(message)
+            continue
+        error: str | None = None
+        for _attempt in range(settings.max_apply_attempts):
+            try:
+                applied += applier.apply(ops, _positions([event])).applied
+                error = None
+                break
+            except ApplyError as exc:
+                error = str(exc)
+        if error is not None:
+            batch.poison.append(_Poison(message, "target_error", error))
+            blocked.add(ident)
+        else:
+            remaining.append((message, event, ops))
+    batch.good = remaining
+    with conn.transaction():
+        _record_quarantine(conn, batch)
+    return applied
+
+
+def _record_quarantine(conn: psycopg.Connection[Any], batch: _Batch) -> None:
+    for p in batch.poison:
+        conn.execute(
+            "INSERT INTO dualwrite.quarantine (msg_key, reason, error) VALUES (%s, %s, %s) ON CONFLICT (msg_key) DO NOTHING",
+            ((p.message.key or b"").decode("utf-8", "replace"), p.reason, p.error[:4000]),
+        )
+    for m in batch.parked:
+        conn.execute(
+            'INSERT INTO dualwrite.parked (msg_key, topic, partition, "offset", value) VALUES (%s, %s, %s, %s, %s) '
+            "ON CONFLICT DO NOTHING",
+            ((m.key or b"").decode("utf-8", "replace"), m.topic, m.partition, m.offset, m.value),
+        )
+
+
+def _publish_dead_letters(
+    producer: Producer, config: MigrationConfig, poison: list[_Poison]
+) -> None:
+    if not poison:
+        return
+    topic = dead_letter_topic(config)
+    futures = []
+    for p in poison:
+        record = {
+            "schema_version": 1,
+            "reason": p.reason,
+            "error": p.error,
+            "worker_version": __version__,
+            "topic": p.message.topic,
+            "partition": p.message.partition,
+            "offset": p.message.offset,
+            "key": (p.message.key or b"").decode("utf-8", "replace"),
+            "value_b64": base64.b64encode(p.message.value or b"").decode(),
+            "failed_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        futures.append(producer.send(topic, p.message.key, json.dumps(record).encode()))
+        log.warning(
+            "dead-lettered %s@%d (%s): %s", p.message.key, p.message.offset, p.reason, p.error[:200]
+        )
+    try:
+        producer.flush(timeout_s=60)
+        for f in futures:
+            f.get(0)
+    except Exception as exc:
+        raise ServiceUnavailableError(f"dead-letter publish failed: {exc}") from None
+
+
+def _next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = defaultdict(int)
+    for m in messages:
+        out[(m.topic, m.partition)] = max(out[(m.topic, m.partition)], m.offset + 1)
+    return dict(out)
+
+
+def _connect(engine: Engine) -> psycopg.Connection[Any]:
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(
+        url, options="-c timezone=UTC", application_name="dualwrite-worker", connect_timeout=10
+    )
+
+
+def _reconnect(engine: Engine, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    with contextlib.suppress(psycopg.Error):
+        conn.close()
+    try:
+        return _connect(engine)
+    except psycopg.OperationalError:
+        return conn  # still down: the next attempt fails fast and backs off again
+
+
+def _sleep(stop: threading.Event, failures: int) -> None:
+    stop.wait(min(30.0, 0.25 * 2 ** min(failures, 8)) * random.uniform(0.8, 1.2))  # noqa: S311
