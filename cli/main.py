@@ -15,6 +15,7 @@ from cli._capture import capture_group, relay_command, tail_command
 from cli._config import config_group
 from cli._dev import dev_group
 from cli._output import err
+from cli._worker import dlq_group, status_command, worker_command
 from dualwrite import __version__
 from dualwrite.errors import DualwriteError
 
@@ -48,6 +49,9 @@ cli.add_command(config_group)
 cli.add_command(capture_group)
 cli.add_command(relay_command)
 cli.add_command(tail_command)
+cli.add_command(worker_command)
+cli.add_command(dlq_group)
+cli.add_command(status_command)
 
 
 def main() -> None:

@@ -1,0 +1,181 @@
+"""``dualwrite worker``, ``dualwrite dlq`` and ``dualwrite status``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+import click
+
+from cli._output import emit_json, out
+from dualwrite import load_migration, make_engine
+from dualwrite.config import MigrationConfig
+from dualwrite.dlq import dead_letters, quarantined, redrive
+from dualwrite.lag import pipeline_status
+from dualwrite.metrics import MetricsServer
+from dualwrite.transform import Transforms, load_transforms
+from dualwrite.worker import WorkerSettings, run_worker, worker_metrics
+
+log = logging.getLogger("dualwrite.cli")
+migration_arg = click.argument("migration_file", type=click.Path(dir_okay=False))
+
+
+def _transforms(config: MigrationConfig) -> Transforms:
+    # The transform module is imported relative to the current directory, like `python -m`.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return load_transforms(config)
+
+
+@click.command("worker")
+@migration_arg
+@click.option("--until-idle", is_flag=True, help="Exit once every partition is caught up.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@click.option("--linger-ms", type=click.IntRange(0, 60_000), default=100, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Serve Prometheus metrics; 0 = off.",
+)
+def worker_command(
+    migration_file: str, until_idle: bool, batch_size: int, linger_ms: int, metrics_port: int
+) -> None:
+    """Consume change events, transform them and apply them to the target.
+
+    A consumer-group member: run several processes to scale. SIGTERM or Ctrl-C finishes the
+    batch in hand, commits and leaves the group.
+    """
+    config = load_migration(migration_file)
+    transforms = _transforms(config)
+    engine = make_engine(config.target)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.warning("signal %d received: finishing the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    metrics = worker_metrics()
+    server = MetricsServer(metrics, metrics_port) if metrics_port else None
+    try:
+        result = run_worker(
+            engine,
+            config,
+            transforms,
+            settings=WorkerSettings(batch_size=batch_size, linger_ms=linger_ms),
+            until_idle=until_idle,
+            stop=stop,
+            metrics=metrics,
+        )
+    finally:
+        if server:
+            server.close()
+        engine.dispose()
+    out.print(
+        f"consumed {result.consumed} event(s) in {result.batches} batch(es), applied {result.applied} row "
+        f"operation(s), {result.dead_lettered} dead-lettered, {result.parked} parked, {result.elapsed_s:.1f}s"
+    )
+
+
+@click.group("dlq")
+def dlq_group() -> None:
+    """Inspect dead letters and quarantined keys; re-drive them after a fix."""
+
+
+@dlq_group.command("list")
+@migration_arg
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dlq_list(migration_file: str, as_json: bool) -> None:
+    """List quarantined keys (exit 1 when there are any)."""
+    config = load_migration(migration_file)
+    engine = make_engine(config.target)
+    try:
+        keys = quarantined(engine)
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json({"quarantined": keys})
+    else:
+        for q in keys:
+            out.print(
+                f"{q.msg_key}  {q.reason}  parked {q.parked}  since {q.since:%Y-%m-%d %H:%M:%S}  ",
+                end="",
+                markup=False,
+            )
+            out.print(q.error[:200], markup=False)
+        out.print(f"{len(keys)} quarantined key(s)")
+    sys.exit(1 if keys else 0)
+
+
+@dlq_group.command("show")
+@migration_arg
+@click.argument("key")
+def dlq_show(migration_file: str, key: str) -> None:
+    """Show the dead letters of one message KEY (e.g. 'public.orders:[42]')."""
+    config = load_migration(migration_file)
+    letters = dead_letters(config, key)
+    for d in letters:
+        out.print(
+            f"{d.topic} p{d.partition}@{d.offset}  {d.reason}  worker {d.worker_version}  {d.failed_at}",
+            markup=False,
+        )
+        out.print(f"  error: {d.error}", markup=False)
+        out.print(f"  value: {d.value.decode('utf-8', 'replace')[:2000]}", markup=False)
+    if not letters:
+        out.print(f"no dead letters for {key}", markup=False)
+
+
+@dlq_group.command("redrive")
+@migration_arg
+@click.argument("keys", nargs=-1)
+def dlq_redrive(migration_file: str, keys: tuple[str, ...]) -> None:
+    """Re-process quarantined KEYS (default: all) through the version guard."""
+    config = load_migration(migration_file)
+    transforms = _transforms(config)
+    engine = make_engine(config.target)
+    try:
+        result = redrive(engine, config, transforms, list(keys) or None)
+    finally:
+        engine.dispose()
+    out.print(
+        f"re-drove {len(result.keys)} key(s): {result.replayed} event(s), {result.applied} row operation(s) applied",
+    )
+    if result.still_quarantined:
+        out.print(
+            f"still failing, quarantined again: {', '.join(result.still_quarantined)}", markup=False
+        )
+        sys.exit(1)
+
+
+@click.command("status")
+@migration_arg
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_command(migration_file: str, as_json: bool) -> None:
+    """Pipeline lag: per partition (log end - committed) and end to end (now - last applied)."""
+    config = load_migration(migration_file)
+    engine = make_engine(config.target)
+    try:
+        st = pipeline_status(engine, config)
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json(st)
+        return
+    for p in st.partitions:
+        committed = "-" if p.committed is None else str(p.committed)
+        out.print(
+            f"partition {p.partition:<3} end {p.end_offset:<10} committed {committed:<10} lag {p.lag}"
+        )
+    out.print(f"total consumer lag {st.total_lag} event(s)")
+    for s in st.sources:
+        age = "-" if s.lag_s is None else f"{s.lag_s:.1f}s"
+        out.print(
+            f"{s.source}: applied up to version {s.version}, end-to-end lag {age}", markup=False
+        )
+    out.print(f"quarantined keys: {st.quarantined}")
