@@ -24,7 +24,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -74,7 +74,6 @@ class ApplyResult:
 class _TargetInfo:
     columns: dict[str, str]  # column -> type name
     key: tuple[str, ...]
-    stage_ready: set[tuple[str, ...]] = field(default_factory=set)
 
 
 def ensure_bookkeeping(engine: Engine) -> None:
@@ -96,7 +95,6 @@ class Applier:
         self.conn = conn
         self.transforms = transforms
         self._targets: dict[QualifiedName, _TargetInfo] = {}
-        self._ops_table_ready = False
 
     def apply(
         self,
@@ -147,12 +145,12 @@ class Applier:
         return ApplyResult(applied, len(ops) - applied)
 
     def _claim(self, newest: Mapping[tuple[str, str, str], TargetOp]) -> set[tuple[str, str, str]]:
-        if not self._ops_table_ready:
-            self.conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS _dw_ops (target_table text, target_key text, "
-                "source_table text, version bigint, deleted boolean) ON COMMIT DELETE ROWS"
-            )
-            self._ops_table_ready = True
+        # Temp tables are created inside the batch transaction on purpose: if it rolls back,
+        # so does their creation, and the next batch creates them again (IF NOT EXISTS).
+        self.conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _dw_ops (target_table text, target_key text, "
+            "source_table text, version bigint, deleted boolean) ON COMMIT DELETE ROWS"
+        )
         with self.conn.cursor() as cur:
             with cur.copy("COPY _dw_ops FROM STDIN") as copy:
                 for (target, key, source), op in sorted(newest.items()):
@@ -281,19 +279,17 @@ class Applier:
         """COPY ``rows`` into a per-session temp table shaped like ``columns`` of the target."""
         name = f"_dw_s_{abs(hash((str(target), tuple(columns)))) % 10**12}"
         stage = sql.Identifier(name)
-        if tuple(columns) not in info.stage_ready:
-            self.conn.execute(
-                sql.SQL(
-                    "CREATE TEMP TABLE IF NOT EXISTS {s} AS SELECT {cols} FROM {t} WITH NO DATA"
-                ).format(
-                    s=stage,
-                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-                    t=sql.SQL("{}.{}").format(
-                        sql.Identifier(target.schema), sql.Identifier(target.name)
-                    ),
-                )
+        self.conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {s} AS SELECT {cols} FROM {t} WITH NO DATA"
+            ).format(
+                s=stage,
+                cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+                t=sql.SQL("{}.{}").format(
+                    sql.Identifier(target.schema), sql.Identifier(target.name)
+                ),
             )
-            info.stage_ready.add(tuple(columns))
+        )
         self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
         with (
             self.conn.cursor() as cur,

@@ -1,0 +1,1 @@
+"""Example migrations (importable so a migration file can name ``examples.<name>.transform``)."""

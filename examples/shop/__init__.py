@@ -1,0 +1,1 @@
+"""The shop example: a legacy shop schema migrated to a new one (see README.md)."""
