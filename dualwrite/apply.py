@@ -10,7 +10,8 @@ One call of :meth:`Applier.apply` is one target transaction:
    bookkeeping row's lock, so concurrent workers (a rebalance) cannot both win.
 3. Only the winners touch data: COPY into a staging table, then one ``INSERT ... ON CONFLICT
    DO UPDATE`` (whole rows, or only the owned columns of a merge) or ``DELETE`` (or, for a
-   non-primary owner of a merge, clearing its columns) per target table.
+   owner of a merged row, clearing its columns, and deleting the row once no owner has a
+   live row behind it) per target table.
 4. The applied source position per source table is recorded in ``dualwrite.source_positions``.
 
 Replays, restarts and re-driven dead letters therefore change nothing. Not thread-safe: one
@@ -23,7 +24,7 @@ import datetime as dt
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,7 @@ class ApplyError(DualwriteError):
 @dataclass(frozen=True)
 class ApplyResult:
     applied: int
-    skipped: int  # older or equal versions, or writes blocked by the primary's tombstone
+    skipped: int  # older or equal versions
 
 
 @dataclass
@@ -131,12 +132,9 @@ class Applier:
             return ApplyResult(0, len(ops))
         winners = self._claim(newest)
         spec_of = self.transforms.targets
-        blocked = self._primary_tombstones(winners, spec_of)
         by_target: dict[QualifiedName, list[TargetOp]] = defaultdict(list)
         for ident in sorted(winners):
             op = newest[ident]
-            if (str(op.target), op.key_text) in blocked and not op.is_delete:
-                continue
             by_target[op.target].append(op)
         applied = 0
         for target, target_ops in by_target.items():
@@ -165,26 +163,6 @@ class Applier:
                 "RETURNING target_table, target_key, source_table"
             )
             return {(r[0], r[1], r[2]) for r in cur.fetchall()}
-
-    def _primary_tombstones(
-        self, winners: Iterable[tuple[str, str, str]], spec_of: Mapping[str, TargetSpec]
-    ) -> set[tuple[str, str]]:
-        """(target, key) whose primary source's last change was a delete: other owners must
-        not bring such a row back."""
-        candidates = [
-            (t, k, spec_of[t].primary)
-            for t, k, s in winners
-            if spec_of[t].primary is not None and spec_of[t].primary != s
-        ]
-        if not candidates:
-            return set()
-        rows = self.conn.execute(
-            "SELECT a.target_table, a.target_key FROM dualwrite.applied a "
-            "JOIN unnest(%s::text[], %s::text[], %s::text[]) AS c(t, k, s) "
-            "ON a.target_table = c.t AND a.target_key = c.k AND a.source_table = c.s WHERE a.deleted",
-            ([c[0] for c in candidates], [c[1] for c in candidates], [c[2] for c in candidates]),
-        ).fetchall()
-        return {(r[0], r[1]) for r in rows}
 
     def _info(self, target: QualifiedName) -> _TargetInfo:
         info = self._targets.get(target)
@@ -223,15 +201,8 @@ class Applier:
                 match = sql.SQL(" AND ").join(
                     sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in key_cols
                 )
-                if owned is not None and spec.primary != source:
-                    sets = sql.SQL(", ").join(
-                        sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in owned
-                    )
-                    self.conn.execute(
-                        sql.SQL("UPDATE {t} AS t SET {sets} FROM {s} AS s WHERE {m}").format(
-                            t=table, sets=sets, s=stage, m=match
-                        )
-                    )
+                if owned is not None:
+                    self._delete_owned(table, spec, source, owned, stage, match, group)
                 else:
                     self.conn.execute(
                         sql.SQL("DELETE FROM {t} AS t USING {s} AS s WHERE {m}").format(
@@ -268,6 +239,53 @@ class Applier:
             )
             count += len(group)
         return count
+
+    def _delete_owned(
+        self,
+        table: sql.Composable,
+        spec: TargetSpec,
+        source: str,
+        owned: tuple[str, ...],
+        stage: sql.Composable,
+        match: sql.Composable,
+        group: list[TargetOp],
+    ) -> None:
+        """One owner of a merged row is gone: clear its columns; delete the row when no other
+        owner still has a live row behind it.
+
+        The target rows are locked first, so the liveness check (a new statement, hence a new
+        snapshot) sees every other owner's committed bookkeeping: two owners deleting at once
+        are serialised and the second one deletes the row.
+        """
+        key_order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in spec.key)
+        self.conn.execute(
+            sql.SQL(
+                "SELECT 1 FROM {t} AS t JOIN {s} AS s ON {m} ORDER BY {o} FOR UPDATE OF t"
+            ).format(t=table, s=stage, m=match, o=key_order)
+        )
+        sets = sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in owned)
+        self.conn.execute(
+            sql.SQL("UPDATE {t} AS t SET {sets} FROM {s} AS s WHERE {m}").format(
+                t=table, sets=sets, s=stage, m=match
+            )
+        )
+        alive = {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT target_key FROM dualwrite.applied WHERE target_table = %s "
+                "AND target_key = ANY(%s) AND source_table <> %s AND NOT deleted",
+                (str(spec.table), [op.key_text for op in group], source),
+            )
+        }
+        gone = [op.key for op in group if op.key_text not in alive]
+        if gone:
+            info = self._info(spec.table)
+            dead = self._stage(spec.table, info, list(spec.key), gone)
+            self.conn.execute(
+                sql.SQL("DELETE FROM {t} AS t USING {s} AS s WHERE {m}").format(
+                    t=table, s=dead, m=match
+                )
+            )
 
     def _stage(
         self,

@@ -61,7 +61,14 @@ def _zone(argument: str) -> Converter:
             return v  # NULL, or PostgreSQL's 'infinity'
         if not isinstance(v, dt.datetime) or v.tzinfo is not None:
             raise ValueError(f"expected a timestamp without time zone, got {v!r}")
-        return v.replace(tzinfo=zone).astimezone(dt.UTC)
+        # As PostgreSQL's AT TIME ZONE: a repeated (autumn) local time is the later, standard-
+        # time instant; a skipped (spring) local time is read with the offset before the jump.
+        earlier, later = v.replace(tzinfo=zone, fold=0), v.replace(tzinfo=zone, fold=1)
+        if earlier.utcoffset() != later.utcoffset():
+            back = earlier.astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None)
+            if back == v:  # the time exists twice
+                return later.astimezone(dt.UTC)
+        return earlier.astimezone(dt.UTC)
 
     return convert
 

@@ -23,14 +23,14 @@ def key_text(values: tuple[Any, ...]) -> str:
 class TargetSpec:
     """One target table: its key columns and, for merges, which source owns which columns.
 
-    ``owners`` maps a source table to the columns it writes; the ``primary`` source decides
-    whether the row exists (its delete deletes the row; another owner's delete clears only
-    that owner's columns).
+    ``owners`` maps a source table to the columns it writes. A merged row exists while any of
+    its owners has a row for that key; each owner's columns hold that owner's latest values,
+    or NULL once its row is deleted. This definition depends on each owner's latest change
+    only, never on the order the owners' changes arrive in, so it converges exactly.
     """
 
     table: QualifiedName
     key: tuple[str, ...]
-    primary: str | None = None
     owners: Mapping[str, tuple[str, ...]] | None = None
 
     def owned_by(self, source: str) -> tuple[str, ...] | None:

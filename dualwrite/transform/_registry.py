@@ -1,12 +1,13 @@
 """The transform registry: how a source change becomes target row operations.
 
-A transform module (``[transform] module`` in the migration file) defines a module-level
-``transforms = Transforms()`` and registers one function per source table::
+A transform module (``[transform] module`` in the migration file) defines
+``make_transforms(config)`` returning a ``Transforms`` (or a module-level ``transforms``)
+and registers one function per source table::
 
     transforms = Transforms()
     transforms.target("shop.customers", key=["id"],
                       owners={"legacy.customers": [...], "legacy.customer_profiles": [...]},
-                      primary="legacy.customers")
+)
 
     @transforms.source("legacy.customers", targets={"shop.customers": {"id": "id"}})
     def customers(row):
@@ -69,17 +70,10 @@ class Transforms:
         *,
         key: Sequence[str],
         owners: Mapping[str, Sequence[str]] | None = None,
-        primary: str | None = None,
     ) -> None:
         """Declare a target table's key, and for merges the columns each source owns."""
         owner_map = {_name(s): tuple(cols) for s, cols in (owners or {}).items()} or None
-        if owner_map and (primary is None or _name(primary) not in owner_map):
-            raise TransformError(
-                f"target {table}: a merged target needs primary= one of its owners"
-            )
-        self.targets[_name(table)] = TargetSpec(
-            parse_qualified_name(table), tuple(key), _name(primary) if primary else None, owner_map
-        )
+        self.targets[_name(table)] = TargetSpec(parse_qualified_name(table), tuple(key), owner_map)
 
     def source(
         self, table: str, *, targets: Mapping[str, Mapping[str, str]]
@@ -211,7 +205,12 @@ def _learn_key_impl(
 
 def load_transforms(config: MigrationConfig) -> Transforms:
     """The registry for a migration: the user's module, plus declared transforms for tables
-    the module does not cover (identity copies with renames, constants and conversions)."""
+    the module does not cover (identity copies with renames, constants and conversions).
+
+    The module defines either ``make_transforms(config) -> Transforms`` (preferred: schema
+    names can come from the migration file) or a module-level ``transforms = Transforms()``.
+    Each call returns a new registry; the module's own objects are never modified.
+    """
     transforms = Transforms()
     if config.transform.module:
         try:
@@ -220,12 +219,16 @@ def load_transforms(config: MigrationConfig) -> Transforms:
             raise TransformError(
                 f"cannot import transform module {config.transform.module!r}: {exc}"
             ) from None
-        found = getattr(module, "transforms", None)
+        factory = getattr(module, "make_transforms", None)
+        found = factory(config) if callable(factory) else getattr(module, "transforms", None)
         if not isinstance(found, Transforms):
             raise TransformError(
-                f"transform module {config.transform.module!r} must define `transforms = Transforms()`"
+                f"transform module {config.transform.module!r} must define make_transforms(config) "
+                "returning a Transforms, or `transforms = Transforms()`"
             )
-        transforms = found
+        transforms.sources.update(found.sources)
+        transforms.targets.update(found.targets)
+        transforms.inverses.update(found.inverses)
     for table in config.tables:
         if str(table.source) not in transforms.sources:
             _declare(transforms, table)

@@ -10,11 +10,11 @@
 
 CREATE SCHEMA IF NOT EXISTS shop;
 
--- Merged from legacy.customers (the primary source: its delete deletes the row; owns
--- full_name, email, phone, created_at, updated_at) and legacy.customer_profiles (owns
--- loyalty_tier and marketing_opt_in; its delete clears those two columns).
--- Every non-key column is nullable: a profile may arrive before its customer, leaving a row
--- with only id, loyalty_tier and marketing_opt_in set until the customer's change lands.
+-- Merged from legacy.customers (owns full_name, email, phone, created_at, updated_at) and
+-- legacy.customer_profiles (owns loyalty_tier and marketing_opt_in). An owner's delete
+-- clears its columns; the row goes when neither owner has a row for the id any more.
+-- Every non-key column is nullable: a profile may arrive before its customer (or outlive it),
+-- leaving a row with only id, loyalty_tier and marketing_opt_in set.
 CREATE TABLE IF NOT EXISTS shop.customers (
     id                integer PRIMARY KEY,
     full_name         text,          -- first_name || ' ' || last_name

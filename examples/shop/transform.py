@@ -3,9 +3,9 @@
 =========================  =================================================================
 source                     target
 =========================  =================================================================
-legacy.customers           shop.customers (primary owner of full_name, email, phone,
-                           created_at, updated_at) and shop.addresses (split; no row when
-                           the customer has no address at all)
+legacy.customers           shop.customers (owner of full_name, email, phone, created_at,
+                           updated_at) and shop.addresses (split; no row when the customer
+                           has no address at all)
 legacy.customer_profiles   shop.customers (owner of loyalty_tier, marketing_opt_in; notes is
                            dropped)
 legacy.orders              shop.orders (cents -> numeric, status normalised, 'test' rows
@@ -45,7 +45,7 @@ from decimal import Decimal
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from dualwrite.config import QualifiedName
+from dualwrite.config import MigrationConfig, QualifiedName
 from dualwrite.transform import Transforms
 
 __all__ = [
@@ -68,7 +68,7 @@ BERLIN: Final = ZoneInfo("Europe/Berlin")
 """The zone legacy wall-clock timestamps are written in."""
 
 CUSTOMER_COLUMNS: Final = ("full_name", "email", "phone", "created_at", "updated_at")
-"""Columns of shop.customers owned by legacy.customers (the primary source)."""
+"""Columns of shop.customers owned by legacy.customers."""
 
 PROFILE_COLUMNS: Final = ("loyalty_tier", "marketing_opt_in")
 """Columns of shop.customers owned by legacy.customer_profiles."""
@@ -231,7 +231,6 @@ def build_transforms(source_schema: str = "legacy", target_schema: str = "shop")
         shop_customers,
         key=["id"],
         owners={customers: CUSTOMER_COLUMNS, profiles: PROFILE_COLUMNS},
-        primary=customers,
     )
     registry.target(shop_addresses, key=["customer_id"])
     registry.target(shop_orders, key=["id"])
@@ -344,5 +343,12 @@ def build_transforms(source_schema: str = "legacy", target_schema: str = "shop")
     return registry
 
 
+def make_transforms(config: MigrationConfig) -> Transforms:
+    """The registry ``[transform] module = "examples.shop.transform"`` loads: the schema names
+    come from the migration file's first table (``legacy`` and ``shop`` in the example)."""
+    first = config.tables[0]
+    return build_transforms(first.source.schema, first.target.schema)
+
+
 transforms: Final = build_transforms()
-"""The registry ``[transform] module = "examples.shop.transform"`` loads."""
+"""The registry for the default schema names (``legacy`` -> ``shop``)."""

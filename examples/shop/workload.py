@@ -209,11 +209,11 @@ def seed(
 ) -> SeedResult:
     """Insert ``customers`` customers with profiles and orders, in one transaction.
 
-    Set-based (one ``INSERT ... SELECT generate_series`` statement): about 65,000 rows a second
-    on a laptop-class PostgreSQL 15 without capture triggers (200,000 customers, ~1 M rows,
-    in ~15 s). ``rng_seed`` seeds PostgreSQL's ``random()``; the same seed
-    gives the same rows on an empty schema and the same server version. Raises
-    ``ValueError`` for a negative count; database errors propagate (nothing is inserted).
+    Set-based (one ``INSERT ... SELECT generate_series`` statement): 200,000 customers (~1 M
+    rows) took ~15 s on a development machine's PostgreSQL 15 without capture triggers.
+    ``rng_seed`` seeds PostgreSQL's ``random()``; the same seed gives the same rows on an empty
+    schema and the same server version. Raises ``ValueError`` for a negative count; database
+    errors propagate (nothing is inserted).
     """
     if customers < 0:
         raise ValueError(f"customers must be 0 or more, got {customers}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -68,8 +67,6 @@ def merge_pipeline(
         )
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    module = importlib.import_module("tests.worker.merge_transform")
-    module.configure(source_schema, target_schema)
     config = make_config(
         [
             {"source": f"{source_schema}.person", "target": f"{target_schema}.person"},

@@ -5,24 +5,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dualwrite.config import MigrationConfig
 from dualwrite.transform import Transforms
 
-transforms = Transforms()
-
-# The schema names are filled in by the tests through configure().
-SCHEMA = {"src": "", "dst": ""}
 FIXED = {"boom": False}  # a test flips this to play "the transform bug was fixed"
 
 
-def configure(src: str, dst: str) -> None:
-    global transforms
+def make_transforms(config: MigrationConfig) -> Transforms:
+    """Schema names come from the migration file (each test has its own)."""
+    return build(config.tables[0].source.schema, config.tables[0].target.schema)
+
+
+def build(src: str, dst: str) -> Transforms:
     transforms = Transforms()
     s, d = src, dst
     transforms.target(
         f"{d}.person",
         key=["id"],
         owners={f"{s}.person": ["name", "email"], f"{s}.profile": ["tier"]},
-        primary=f"{s}.person",
     )
     transforms.target(f"{d}.address", key=["person_id"])
 
@@ -46,3 +46,5 @@ def configure(src: str, dst: str) -> None:
     @transforms.source(f"{s}.profile", targets={f"{d}.person": {"id": "person_id"}})
     def profile(row: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         return {f"{d}.person": {"id": row["person_id"], "tier": row["tier"]}}
+
+    return transforms

@@ -1,0 +1,150 @@
+"""Workers killed mid-batch, and two workers rebalancing under load: the final state is exact."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from dualwrite.relay import run_relay
+from dualwrite.worker import run_worker
+from tests.conftest import REPO
+from tests.worker.conftest import Pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def _expected(p: Pipeline) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The transform of the source, computed independently of the worker."""
+    with p.source.connect() as conn:
+        from sqlalchemy import text
+
+        persons = {
+            r[0]: r
+            for r in conn.execute(text(f'SELECT id, name, email, city FROM "{p.src}".person'))
+        }
+        tiers = dict(conn.execute(text(f'SELECT person_id, tier FROM "{p.src}".profile')).all())
+    # a merged row exists while the person or the profile exists (the union of the owners)
+    person_rows = sorted(
+        (
+            i,
+            persons[i][1] if i in persons else None,
+            ((persons[i][2] or "").lower() or None) if i in persons else None,
+            tiers.get(i),
+        )
+        for i in set(persons) | set(tiers)
+    )
+    address_rows = sorted((i, city) for i, _n, _e, city in persons.values() if city is not None)
+    return person_rows, address_rows
+
+
+def _write_load(p: Pipeline, seconds: float, seed: int) -> None:
+    rng = random.Random(seed)
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        i = rng.randint(1, 300)
+        choice = rng.random()
+        if choice < 0.5:
+            p.source_sql(
+                "INSERT INTO {s}.person VALUES (:i, :n, :e, :c) ON CONFLICT (id) DO UPDATE SET name = :n, city = :c",
+                i=i,
+                n=f"n{n}",
+                e=f"E{n}@X",
+                c=rng.choice([None, "Oslo", "Rome"]),
+            )
+            p.source_sql(
+                "INSERT INTO {s}.profile VALUES (:i, :t) ON CONFLICT (person_id) DO UPDATE SET tier = :t",
+                i=i,
+                t=f"t{n}",
+            )
+        elif choice < 0.85:
+            p.source_sql("UPDATE {s}.person SET email = :e WHERE id = :i", i=i, e=f"U{n}@Y")
+        elif choice < 0.93:
+            p.source_sql("DELETE FROM {s}.profile WHERE person_id = :i", i=i)
+        else:
+            p.source_sql("DELETE FROM {s}.person WHERE id = :i", i=i)
+            p.source_sql("DELETE FROM {s}.profile WHERE person_id = :i", i=i)
+
+
+def _worker_process(p: Pipeline) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "worker",
+            p.config.path,
+            "--batch-size",
+            "200",
+            "--linger-ms",
+            "50",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=str(REPO),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _relay_in_background(p: Pipeline) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=run_relay, args=(p.source, p.config), kwargs={"stop": stop})
+    thread.start()
+    return thread, stop
+
+
+def test_sigkilled_worker_restarts_to_an_exact_state(merge_pipeline: Pipeline) -> None:
+    p = merge_pipeline
+    relay, stop_relay = _relay_in_background(p)
+    writer = threading.Thread(target=_write_load, args=(p, 8, 1))
+    writer.start()
+    kills = 0
+    rng = random.Random(2)
+    while writer.is_alive():
+        proc = _worker_process(p)
+        time.sleep(rng.uniform(1.5, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    writer.join()
+    stop_relay.set()
+    relay.join()
+    run_relay(p.source, p.config, until_idle=True, stop=threading.Event())
+    run_worker(p.target, p.config, p.transforms, until_idle=True, stop=threading.Event())
+    assert kills >= 2
+    assert (p.target_rows("person"), p.target_rows("address")) == _expected(p)
+
+
+def test_two_workers_rebalancing_under_load_reach_the_exact_state(merge_pipeline: Pipeline) -> None:
+    p = merge_pipeline
+    relay, stop_relay = _relay_in_background(p)
+    writer = threading.Thread(target=_write_load, args=(p, 8, 3))
+    writer.start()
+    first = _worker_process(p)
+    time.sleep(2.5)
+    second = _worker_process(p)  # joins the group: partitions move under load
+    time.sleep(3)
+    first.send_signal(signal.SIGTERM)  # leaves the group: another rebalance
+    assert first.wait(timeout=60) == 0
+    writer.join()
+    stop_relay.set()
+    relay.join()
+    run_relay(p.source, p.config, until_idle=True, stop=threading.Event())
+    deadline = time.monotonic() + 60
+    expected = _expected(p)
+    while (
+        p.target_rows("person"),
+        p.target_rows("address"),
+    ) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
+    assert (p.target_rows("person"), p.target_rows("address")) == expected
