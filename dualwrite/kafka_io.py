@@ -209,17 +209,6 @@ class Consumer:
         result = self._consumer.committed(TopicPartition(topic, partition))
         return None if result is None else int(result)
 
-    def lag(self) -> dict[tuple[str, int], int]:
-        """Per assigned partition: log end offset minus this consumer's position."""
-        assigned = list(self._consumer.assignment())
-        if not assigned:
-            return {}
-        ends = self._consumer.end_offsets(assigned)
-        return {
-            (tp.topic, tp.partition): int(ends[tp]) - int(self._consumer.position(tp))
-            for tp in assigned
-        }
-
     def close(self) -> None:
         """Leave the group and close connections."""
         self._consumer.close()

@@ -39,7 +39,7 @@ from dualwrite.apply import Applier, ApplyError, ensure_bookkeeping
 from dualwrite.config import MigrationConfig
 from dualwrite.envelope import ChangeEvent, EnvelopeError, decode_event
 from dualwrite.errors import ServiceUnavailableError
-from dualwrite.kafka_io import Consumer, Message, Producer, ensure_topic
+from dualwrite.kafka_io import Consumer, Message, Producer, ensure_topic, group_lag
 from dualwrite.metrics import Metrics
 from dualwrite.redaction import redact_text
 from dualwrite.transform import TargetOp, TransformError, Transforms
@@ -176,10 +176,10 @@ def run_worker(
             messages = _poll(consumer, settings, stop)
             if not messages:
                 if until_idle:
-                    lag = consumer.lag()
-                    caught_up = bool(lag) and all(v <= 0 for v in lag.values())
                     idle_since = idle_since or time.monotonic()
-                    if caught_up and time.monotonic() - idle_since >= settings.idle_s:
+                    if time.monotonic() - idle_since >= settings.idle_s and _group_caught_up(
+                        config
+                    ):
                         break
                 continue
             idle_since = None
@@ -235,6 +235,18 @@ class _Outcome:
     poison: list[_Poison]
     parked: list[Message]
     last_ts: dt.datetime | None
+
+
+def _group_caught_up(config: MigrationConfig) -> bool:
+    """Every partition of the topic, not only this member's, has its committed offset at the
+    log end: a member that is gone but not yet evicted may still hold partitions."""
+    offsets = group_lag(
+        config.kafka.bootstrap_servers, consumer_group(config), config.changes_topic
+    )
+    return bool(offsets) and all(
+        end == 0 or (committed is not None and committed >= end)
+        for end, committed in offsets.values()
+    )
 
 
 def _poll(consumer: Consumer, settings: WorkerSettings, stop: threading.Event) -> list[Message]:
