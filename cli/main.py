@@ -42,6 +42,9 @@ def cli(verbose: int) -> None:
     """Migrate live data from an old PostgreSQL schema to a new one through Kafka."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python's own chatter (reconnect attempts, slow-task warnings) only with -vv;
+    # our modules log the failures that matter, with what we do about them.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
 
 
 cli.add_command(dev_group)

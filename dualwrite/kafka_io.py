@@ -225,7 +225,9 @@ def group_lag(
         raise ServiceUnavailableError(f"cannot read offsets of group {group_id}: {exc}") from None
     finally:
         admin.close()
-    consumer = kafka.KafkaConsumer(bootstrap_servers=list(bootstrap_servers), group_id=None)
+    consumer = kafka.KafkaConsumer(
+        bootstrap_servers=list(bootstrap_servers), group_id=None, enable_auto_commit=False
+    )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -78,3 +78,30 @@ def test_replaying_the_whole_topic_changes_nothing(merge_pipeline: Pipeline) -> 
         conn.close()
     assert outcome.applied == 0 and not outcome.poison
     assert (p.target_rows("person"), p.target_rows("address")) == before
+
+
+def test_status_reports_partition_lag_and_applied_positions(merge_pipeline: Pipeline) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    p = merge_pipeline
+    p.source_sql("INSERT INTO {s}.person VALUES (1, 'a', NULL, NULL)")
+    p.source_sql("INSERT INTO {s}.profile VALUES (1, 'gold')")
+    run_relay(p.source, p.config, until_idle=True, stop=threading.Event())
+    result = CliRunner().invoke(cli, ["status", p.config.path, "--json"])
+    assert result.exit_code == 0, result.output
+    before = json.loads(result.stdout)
+    assert sum(part["end_offset"] for part in before["partitions"]) == 2
+    run_worker(p.target, p.config, p.transforms, until_idle=True, stop=threading.Event())
+    after = json.loads(CliRunner().invoke(cli, ["status", p.config.path, "--json"]).stdout)
+    assert all(
+        part["committed"] == part["end_offset"]
+        for part in after["partitions"]
+        if part["end_offset"]
+    )
+    sources = {s["source"]: s for s in after["sources"]}
+    assert {f"{p.src}.person", f"{p.src}.profile"} <= set(sources)
+    assert all(sources[f"{p.src}.{t}"]["lag_s"] is not None for t in ("person", "profile"))
