@@ -45,6 +45,9 @@ def cli(verbose: int) -> None:
     # kafka-python's own chatter (reconnect attempts, slow-task warnings) only with -vv;
     # our modules log the failures that matter, with what we do about them.
     logging.getLogger("kafka").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
+    # long-running services report progress by default
+    for service in ("dualwrite.relay", "dualwrite.worker"):
+        logging.getLogger(service).setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
 
 
 cli.add_command(dev_group)

@@ -37,6 +37,7 @@ __all__ = ["RelayResult", "relay_metrics", "run_relay"]
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 30.0
+_LOG_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def run_relay(
     producer: Producer | None = None
     topic_ready = False
     last_lag_check = 0.0
+    window_start, window_changes, window_batches = time.monotonic(), 0, 0
     try:
         while not stop.is_set():
             try:
@@ -135,6 +137,8 @@ def run_relay(
                 if rows:
                     relayed += len(rows)
                     batches += 1
+                    window_changes += len(rows)
+                    window_batches += 1
                     failures = 0
                     metrics.inc("relay_changes_total", len(rows))
                     metrics.inc("relay_batches_total")
@@ -142,6 +146,17 @@ def run_relay(
                     if on_batch is not None:
                         on_batch(len(rows))
                 now = time.monotonic()
+                if now - window_start >= _LOG_EVERY_S and (window_changes or not rows):
+                    log.info(
+                        "relayed %d change(s) in %d batch(es) in the last %.0fs (%.0f/s, last batch %d); lag %.1fs",
+                        window_changes,
+                        window_batches,
+                        now - window_start,
+                        window_changes / (now - window_start),
+                        int(metrics.get("relay_last_batch_size") or 0),
+                        metrics.get("relay_lag_seconds"),
+                    )
+                    window_start, window_changes, window_batches = now, 0, 0
                 if not rows or now - last_lag_check > 1.0:
                     lag_row = conn.execute(lag_sql).fetchone()
                     conn.commit()

@@ -171,6 +171,7 @@ def run_worker(
     t0 = time.monotonic()
     consumed = applied = dead = parked = batches = 0
     idle_since: float | None = None
+    last_log = time.monotonic()
     try:
         while not stop.is_set():
             messages = _poll(consumer, settings, stop)
@@ -222,6 +223,16 @@ def run_worker(
                 )
             if on_batch is not None:
                 on_batch(len(messages))
+            if time.monotonic() - last_log >= 10.0:
+                log.info(
+                    "consumed %d event(s), applied %d, dead-lettered %d, parked %d; end-to-end lag %.1fs",
+                    consumed,
+                    applied,
+                    dead,
+                    parked,
+                    metrics.get("worker_end_to_end_lag_seconds"),
+                )
+                last_log = time.monotonic()
     finally:
         consumer.close()
         producer.close()
