@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from cli._backfill import backfill_command
 from cli._capture import capture_group, relay_command, tail_command
 from cli._config import config_group
 from cli._dev import dev_group
@@ -58,6 +59,7 @@ cli.add_command(tail_command)
 cli.add_command(worker_command)
 cli.add_command(dlq_group)
 cli.add_command(status_command)
+cli.add_command(backfill_command)
 
 
 def main() -> None:

@@ -1,0 +1,346 @@
+"""Backfill: copy the rows that existed before capture, race-free with the live stream.
+
+Every source row is read in key order, in chunks (keyset pagination; each chunk is one
+statement, hence one consistent snapshot), encoded exactly as the triggers encode it
+(``row_to_json``, decoded through the same envelope decoders), passed through the same
+transforms as the stream, and applied as a snapshot read with **source version 0**.
+
+Why no interleaving with the stream can lose an update or resurrect a delete (see
+``docs/backfill.md``): the version guard admits an operation only when its version is greater
+than the last applied one for its (target, key, source). Every streamed change has a version
+of at least 1, so
+
+- if the stream touched the key first (an upsert, or a delete's tombstone), the backfill's
+  version 0 loses: it never overwrites newer data and never brings a deleted row back;
+- if the backfill comes first, any later streamed change (version >= 1) wins over it.
+
+Capture must be installed before the backfill starts, so every change that the snapshot
+might miss is in the stream. Progress (the last key of the last committed chunk) is stored on
+the target in the same transaction as the chunk, so a restart resumes exactly after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Engine
+
+from dualwrite import capture
+from dualwrite.apply import Applier, ensure_bookkeeping
+from dualwrite.capture._ddl import TableShape, qualified, row_image
+from dualwrite.config import MigrationConfig, TableConfig
+from dualwrite.envelope import EnvelopeError, _decode_row, parse_json
+from dualwrite.errors import DualwriteError
+from dualwrite.transform import Transforms
+
+__all__ = ["BackfillError", "BackfillProgress", "BackfillSettings", "TableBackfill", "run_backfill"]
+
+log = logging.getLogger(__name__)
+
+PROGRESS_DDL = """
+CREATE TABLE IF NOT EXISTS dualwrite.backfill_progress (
+    source_table text   NOT NULL,
+    shard        text   NOT NULL,
+    last_key     json,
+    rows_done    bigint NOT NULL DEFAULT 0,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    PRIMARY KEY (source_table, shard)
+);
+"""
+
+
+class BackfillError(DualwriteError):
+    """The backfill cannot run (capture missing, bad options) or a row failed its transform."""
+
+
+@dataclass(frozen=True)
+class BackfillSettings:
+    chunk_rows: int = 5000
+    max_rows_per_s: float | None = None  # None: as fast as the source allows
+    busy_latency_ms: float = 250.0  # back off while a `SELECT 1` takes longer than this
+    restart: bool = False
+    tables: tuple[str, ...] = ()  # empty: every table of the migration
+    shard: int = 0
+    shards: int = 1
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    source: str
+    rows_done: int
+    rows_estimate: int
+    rows_per_s: float
+    done: bool
+
+
+@dataclass(frozen=True)
+class TableBackfill:
+    source: str
+    rows: int  # rows read by this run
+    rows_total: int  # rows done including earlier runs
+    chunks: int
+    elapsed_s: float
+    resumed: bool
+    done: bool
+
+
+def run_backfill(
+    source: Engine,
+    target: Engine,
+    config: MigrationConfig,
+    transforms: Transforms,
+    settings: BackfillSettings | None = None,
+    *,
+    stop: threading.Event | None = None,
+    progress: Callable[[BackfillProgress], None] | None = None,
+) -> tuple[TableBackfill, ...]:
+    """Backfill every table (or ``settings.tables``); returns a summary per table.
+
+    Stops after the chunk in hand when ``stop`` is set (resumable). Raises
+    :class:`BackfillError` when capture is not installed on a table.
+    """
+    settings = settings or BackfillSettings()
+    stop = stop or threading.Event()
+    if not 0 <= settings.shard < settings.shards:
+        raise BackfillError(f"shard {settings.shard} is outside 0..{settings.shards - 1}")
+    tables = [t for t in config.tables if not settings.tables or str(t.source) in settings.tables]
+    unknown = set(settings.tables) - {str(t.source) for t in config.tables}
+    if unknown:
+        raise BackfillError(f"not tables of this migration: {', '.join(sorted(unknown))}")
+    st = capture.status(source, config)
+    missing = [
+        t.source
+        for t in st.tables
+        if not t.installed and str(t.source) in {str(x.source) for x in tables}
+    ]
+    if not st.installed or missing:
+        raise BackfillError(
+            "capture must be installed before the backfill (changes made while it runs would "
+            f"otherwise be lost): run `dualwrite capture install` first (missing: {', '.join(map(str, missing)) or 'all'})"
+        )
+    ensure_bookkeeping(target)
+    src = _connect(source, "dualwrite-backfill")
+    dst = _connect(target, "dualwrite-backfill")
+    try:
+        dst.execute(PROGRESS_DDL)
+        dst.commit()
+        applier = Applier(dst, transforms)
+        results = []
+        for table in tables:
+            if stop.is_set():
+                break
+            results.append(
+                _backfill_table(src, dst, applier, config, table, settings, stop, progress)
+            )
+        return tuple(results)
+    finally:
+        src.close()
+        dst.close()
+
+
+def _backfill_table(
+    src: psycopg.Connection[Any],
+    dst: psycopg.Connection[Any],
+    applier: Applier,
+    config: MigrationConfig,
+    table: TableConfig,
+    settings: BackfillSettings,
+    stop: threading.Event,
+    progress: Callable[[BackfillProgress], None] | None,
+) -> TableBackfill:
+    label = str(table.source)
+    shard = f"{settings.shard}/{settings.shards}"
+    shape = _shape(src, table)
+    if settings.restart:
+        dst.execute(
+            "DELETE FROM dualwrite.backfill_progress WHERE source_table = %s AND shard = %s",
+            (label, shard),
+        )
+    dst.execute(
+        "INSERT INTO dualwrite.backfill_progress (source_table, shard) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (label, shard),
+    )
+    row = dst.execute(
+        "SELECT last_key::text, rows_done, finished_at FROM dualwrite.backfill_progress "
+        "WHERE source_table = %s AND shard = %s",
+        (label, shard),
+    ).fetchone()
+    dst.commit()
+    assert row is not None
+    last_key, rows_done, finished = row[0], int(row[1]), row[2]
+    estimate = _estimate(src, table) // max(1, settings.shards)
+    if finished is not None:
+        log.info("%s (shard %s) was already backfilled; --restart to do it again", label, shard)
+        return TableBackfill(label, 0, rows_done, 0, 0.0, True, True)
+    resumed = last_key is not None
+    query_first, query_next = _chunk_queries(shape, settings)
+    t0 = time.monotonic()
+    rows = chunks = 0
+    while not stop.is_set():
+        _wait_until_quiet(src, settings, stop)
+        t_chunk = time.monotonic()
+        if last_key is None:
+            fetched = src.execute(query_first).fetchall()
+        else:
+            fetched = src.execute(query_next, (last_key,)).fetchall()
+        src.commit()
+        if not fetched:
+            dst.execute(
+                "UPDATE dualwrite.backfill_progress SET finished_at = now(), updated_at = now() "
+                "WHERE source_table = %s AND shard = %s",
+                (label, shard),
+            )
+            dst.commit()
+            break
+        ops = []
+        for key_text, image in fetched:
+            try:
+                record = _decode_row(parse_json(image), shape.types)
+            except EnvelopeError as exc:
+                raise BackfillError(f"{label}: row {key_text} cannot be decoded: {exc}") from None
+            key = {c: record[c] for c in shape.key}
+            ops.extend(applier.transforms.apply(label, "read", key, record, 0))
+        last_key = fetched[-1][0]
+        with dst.transaction():
+            applier.apply(ops)
+            dst.execute(
+                "UPDATE dualwrite.backfill_progress SET last_key = %s::json, rows_done = rows_done + %s, "
+                "updated_at = now() WHERE source_table = %s AND shard = %s",
+                (last_key, len(fetched), label, shard),
+            )
+        rows += len(fetched)
+        chunks += 1
+        elapsed = time.monotonic() - t0
+        if progress is not None:
+            progress(
+                BackfillProgress(
+                    label, rows_done + rows, estimate, rows / elapsed if elapsed else 0.0, False
+                )
+            )
+        if settings.max_rows_per_s:
+            budget = len(fetched) / settings.max_rows_per_s
+            spent = time.monotonic() - t_chunk
+            if budget > spent:
+                stop.wait(budget - spent)
+    elapsed = time.monotonic() - t0
+    done = not stop.is_set()
+    if progress is not None:
+        progress(
+            BackfillProgress(
+                label, rows_done + rows, estimate, rows / elapsed if elapsed else 0.0, done
+            )
+        )
+    return TableBackfill(label, rows, rows_done + rows, chunks, elapsed, resumed, done)
+
+
+def _chunk_queries(
+    shape: TableShape, settings: BackfillSettings
+) -> tuple[sql.Composed, sql.Composed]:
+    keys = [sql.Identifier(c) for c in shape.key]
+    t_keys = sql.SQL(", ").join(sql.SQL("t.{}").format(k) for k in keys)
+    r_keys = sql.SQL(", ").join(sql.SQL("r.{}").format(k) for k in keys)
+    key_json = sql.SQL("json_build_object({})::text").format(
+        sql.SQL(", ").join(
+            sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c)) for c in shape.key
+        )
+    )
+    shard: sql.Composable = sql.SQL("TRUE")
+    if settings.shards > 1:
+        shard = sql.SQL(
+            "mod(abs(hashtextextended(json_build_array({})::text, 0)), {}) = {}"
+        ).format(t_keys, sql.Literal(settings.shards), sql.Literal(settings.shard))
+    table = qualified(shape.source)
+    select = sql.SQL("SELECT {key_json}, {image}::text FROM {table} AS t").format(
+        key_json=key_json, image=row_image(shape, "t"), table=table
+    )
+    limit = sql.Literal(settings.chunk_rows)
+    first = sql.SQL("{select} WHERE {shard} ORDER BY {keys} LIMIT {limit}").format(
+        select=select, shard=shard, keys=t_keys, limit=limit
+    )
+    following = sql.SQL(
+        "{select} WHERE ({t_keys}) > (SELECT {r_keys} FROM json_populate_record(NULL::{table}, %s::json) AS r) "
+        "AND {shard} ORDER BY {keys} LIMIT {limit}"
+    ).format(
+        select=select,
+        t_keys=t_keys,
+        r_keys=r_keys,
+        table=table,
+        shard=shard,
+        keys=t_keys,
+        limit=limit,
+    )
+    return first, following
+
+
+def _shape(src: psycopg.Connection[Any], table: TableConfig) -> TableShape:
+    """The table's key and column types, read as capture install reads them."""
+    relid = src.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (table.source.schema, table.source.name),
+    ).fetchone()
+    if relid is None:
+        raise BackfillError(f"source table {table.source} does not exist")
+    columns = src.execute(
+        "SELECT a.attname, COALESCE(NULLIF(t.typbasetype, 0), a.atttypid)::regtype::text "
+        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        (relid[0],),
+    ).fetchall()
+    key = table.key
+    if not key:
+        pk = src.execute(
+            "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i "
+            "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = %s AND i.indisprimary",
+            (relid[0],),
+        ).fetchone()
+        if pk is None or pk[0] is None:
+            raise BackfillError(f"{table.source} has no primary key and no declared key")
+        key = tuple(pk[0])
+    src.commit()
+    return TableShape(table.source, int(relid[0]), tuple(key), {c: t for c, t in columns})
+
+
+def _estimate(src: psycopg.Connection[Any], table: TableConfig) -> int:
+    row = src.execute(
+        "SELECT GREATEST(c.reltuples, 0)::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (table.source.schema, table.source.name),
+    ).fetchone()
+    src.commit()
+    return int(row[0]) if row else 0
+
+
+def _wait_until_quiet(
+    src: psycopg.Connection[Any], settings: BackfillSettings, stop: threading.Event
+) -> None:
+    """Back off while the source is slow to answer a trivial query (it is busy)."""
+    delay = 0.1
+    while not stop.is_set():
+        t0 = time.monotonic()
+        src.execute("SELECT 1")
+        src.commit()
+        latency_ms = (time.monotonic() - t0) * 1000
+        if latency_ms <= settings.busy_latency_ms:
+            return
+        log.warning("source busy (SELECT 1 took %.0f ms); backing off %.1fs", latency_ms, delay)
+        stop.wait(delay)
+        delay = min(delay * 2, 10.0)
+
+
+def _connect(engine: Engine, name: str) -> psycopg.Connection[Any]:
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(
+        url, options="-c timezone=UTC", application_name=name, connect_timeout=10
+    )

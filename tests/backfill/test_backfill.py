@@ -1,0 +1,216 @@
+"""Backfill against real services: racing the stream, resuming after SIGKILL, odd keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, text
+
+from cli.main import cli
+from dualwrite import capture
+from dualwrite.backfill import BackfillError, BackfillSettings, run_backfill
+from dualwrite.relay import run_relay
+from dualwrite.transform import load_transforms
+from dualwrite.worker import run_worker
+from tests.conftest import REPO
+from tests.worker.conftest import Pipeline
+from tests.worker.test_worker_crashes import _assert_exact
+
+pytestmark = pytest.mark.integration
+
+
+def _forget_captured(p: Pipeline) -> None:
+    """Make the rows written so far look like rows that existed before capture."""
+    p.source_sql(f'DELETE FROM "{p.config.capture.schema}".changelog')
+
+
+def test_backfill_racing_writers_and_the_stream_is_exact(merge_pipeline: Pipeline) -> None:
+    p = merge_pipeline
+    p.source_sql(
+        "INSERT INTO {s}.person SELECT g, 'old' || g, 'E' || g || '@X', CASE WHEN g % 3 = 0 THEN NULL ELSE 'c' || g END "
+        "FROM generate_series(1, 3000) g"
+    )
+    p.source_sql("INSERT INTO {s}.profile SELECT g, 't' || g FROM generate_series(1, 3000, 2) g")
+    _forget_captured(p)
+
+    stop = threading.Event()
+    relay = threading.Thread(target=run_relay, args=(p.source, p.config), kwargs={"stop": stop})
+    worker = threading.Thread(
+        target=run_worker, args=(p.target, p.config, p.transforms), kwargs={"stop": stop}
+    )
+    relay.start()
+    worker.start()
+
+    def writer() -> None:
+        rng = random.Random(5)
+        for n in range(600):
+            i = rng.randint(1, 3300)
+            r = rng.random()
+            if r < 0.4:
+                p.source_sql(
+                    "INSERT INTO {s}.person VALUES (:i, :n, NULL, 'w') ON CONFLICT (id) DO UPDATE SET name = :n",
+                    i=i,
+                    n=f"w{n}",
+                )
+            elif r < 0.6:
+                p.source_sql(
+                    "UPDATE {s}.profile SET tier = :t WHERE person_id = :i", i=i, t=f"u{n}"
+                )
+            elif r < 0.8:
+                p.source_sql("DELETE FROM {s}.person WHERE id = :i", i=i)
+            else:
+                p.source_sql("DELETE FROM {s}.profile WHERE person_id = :i", i=i)
+
+    writing = threading.Thread(target=writer)
+    writing.start()
+    results = run_backfill(
+        p.source, p.target, p.config, p.transforms, BackfillSettings(chunk_rows=200)
+    )
+    writing.join()
+    stop.set()
+    relay.join()
+    worker.join()
+    run_relay(p.source, p.config, until_idle=True, stop=threading.Event())
+    run_worker(p.target, p.config, p.transforms, until_idle=True, stop=threading.Event())
+    assert all(r.done for r in results)
+    _assert_exact(p)
+
+
+def test_backfill_refuses_without_capture(
+    source_engine: Engine, target_engine: Engine, source_schema: str, make_config
+) -> None:
+    with source_engine.begin() as conn:
+        conn.execute(text(f'CREATE TABLE "{source_schema}".t (id int PRIMARY KEY)'))
+    config = make_config([f"{source_schema}.t"])
+    with pytest.raises(BackfillError, match="capture must be installed before the backfill"):
+        run_backfill(source_engine, target_engine, config, load_transforms(config))
+
+
+def test_sigkill_mid_backfill_then_resume_redoes_nothing(merge_pipeline: Pipeline) -> None:
+    p = merge_pipeline
+    p.source_sql(
+        "INSERT INTO {s}.person SELECT g, 'n' || g, NULL, 'c' FROM generate_series(1, 30000) g"
+    )
+    _forget_captured(p)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "backfill",
+        p.config.path,
+        "--chunk-rows",
+        "500",
+        "--json",
+    ]
+    proc = subprocess.Popen(
+        args, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:  # kill once some chunks are committed
+        doc = json.loads(line)
+        if doc.get("event") == "progress" and doc["rows_done"] >= 5000:
+            seen = doc["rows_done"]
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert seen >= 5000
+    with p.target.connect() as conn:
+        done_before = conn.execute(
+            text("SELECT rows_done FROM dualwrite.backfill_progress WHERE source_table = :t"),
+            {"t": f"{p.src}.person"},
+        ).scalar_one()
+    assert 0 < done_before < 30000
+
+    result = CliRunner().invoke(cli, ["backfill", p.config.path, "--json", "--chunk-rows", "500"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    person = next(t for t in summary["tables"] if t["source"] == f"{p.src}.person")
+    assert person["resumed"] and person["done"]
+    assert person["rows"] == 30000 - done_before  # nothing redone: progress commits with each chunk
+    assert person["rows_total"] == 30000
+    assert len(p.target_rows("person")) == 30000 and len(p.target_rows("address")) == 30000
+
+
+def test_composite_text_uuid_keys_and_empty_tables(
+    source_engine: Engine,
+    target_engine: Engine,
+    source_schema: str,
+    target_schema: str,
+    make_config,
+) -> None:
+    ddl = {
+        "comp": "(a int, b text, v numeric(10,2), PRIMARY KEY (a, b))",
+        "txt": '(code text COLLATE "C" PRIMARY KEY, v text)',
+        "uid": "(id uuid PRIMARY KEY, v jsonb)",
+        "empty": "(id int PRIMARY KEY, v text)",
+    }
+    for side, engine, schema in (
+        ("s", source_engine, source_schema),
+        ("t", target_engine, target_schema),
+    ):
+        with engine.begin() as conn:
+            for name, cols in ddl.items():
+                conn.execute(text(f'CREATE TABLE "{schema}".{name} {cols}'))
+    with source_engine.begin() as conn:
+        conn.execute(
+            text(
+                f"INSERT INTO \"{source_schema}\".comp SELECT g % 7, 'k' || g, g / 3.0 FROM generate_series(1, 2000) g"
+            )
+        )
+        conn.execute(
+            text(
+                f"INSERT INTO \"{source_schema}\".txt SELECT md5(g::text), repeat('x', g % 50) FROM generate_series(1, 1500) g"
+            )
+        )
+        for _ in range(700):
+            conn.execute(
+                text(f'INSERT INTO "{source_schema}".uid VALUES (:u, :v)'),
+                {"u": str(uuid.uuid4()), "v": json.dumps({"n": 1})},
+            )
+    config = make_config(
+        [{"source": f"{source_schema}.{n}", "target": f"{target_schema}.{n}"} for n in ddl]
+    )
+    capture.install(source_engine, config)
+    results = run_backfill(
+        source_engine,
+        target_engine,
+        config,
+        load_transforms(config),
+        BackfillSettings(chunk_rows=97),
+    )
+    assert [r.rows for r in results] == [2000, 1500, 700, 0]
+    assert all(r.done for r in results)
+    for name in ddl:
+        with source_engine.connect() as s, target_engine.connect() as t:
+            want = s.execute(text(f'SELECT * FROM "{source_schema}".{name} ORDER BY 1, 2')).all()
+            got = t.execute(text(f'SELECT * FROM "{target_schema}".{name} ORDER BY 1, 2')).all()
+        assert got == want, name
+    again = run_backfill(source_engine, target_engine, config, load_transforms(config))
+    assert all(r.rows == 0 and r.done for r in again)  # finished tables are not read again
+
+
+def test_max_rows_per_s_throttles(merge_pipeline: Pipeline) -> None:
+    p = merge_pipeline
+    p.source_sql("INSERT INTO {s}.person SELECT g, 'n', NULL, NULL FROM generate_series(1, 600) g")
+    t0 = time.monotonic()
+    (person, _profile) = run_backfill(
+        p.source,
+        p.target,
+        p.config,
+        p.transforms,
+        BackfillSettings(chunk_rows=100, max_rows_per_s=300),
+    )
+    assert person.rows == 600
+    assert time.monotonic() - t0 >= 1.6  # 600 rows at 300 rows/s: about 2 s, never much faster
