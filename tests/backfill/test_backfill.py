@@ -156,10 +156,7 @@ def test_composite_text_uuid_keys_and_empty_tables(
         "uid": "(id uuid PRIMARY KEY, v jsonb)",
         "empty": "(id int PRIMARY KEY, v text)",
     }
-    for side, engine, schema in (
-        ("s", source_engine, source_schema),
-        ("t", target_engine, target_schema),
-    ):
+    for engine, schema in ((source_engine, source_schema), (target_engine, target_schema)):
         with engine.begin() as conn:
             for name, cols in ddl.items():
                 conn.execute(text(f'CREATE TABLE "{schema}".{name} {cols}'))
