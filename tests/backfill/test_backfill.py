@@ -211,3 +211,41 @@ def test_max_rows_per_s_throttles(merge_pipeline: Pipeline) -> None:
     )
     assert person.rows == 600
     assert time.monotonic() - t0 >= 1.6  # 600 rows at 300 rows/s: about 2 s, never much faster
+
+
+def test_toasted_values_and_nulls_everywhere(
+    source_engine: Engine,
+    target_engine: Engine,
+    source_schema: str,
+    target_schema: str,
+    make_config,
+) -> None:
+    cols = "(id int PRIMARY KEY, big text, blob bytea, doc jsonb, n numeric, at timestamptz)"
+    for engine, schema in ((source_engine, source_schema), (target_engine, target_schema)):
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE TABLE "{schema}".odd {cols}'))
+    with source_engine.begin() as conn:
+        conn.execute(
+            text(
+                f'INSERT INTO "{source_schema}".odd SELECT g, repeat(md5(g::text), 40000), '
+                "decode(repeat(md5(g::text), 5000), 'hex'), jsonb_build_object('k', repeat('v', 100000)), "
+                f"g, now() FROM generate_series(1, 20) g"
+            )
+        )
+        conn.execute(text(f'INSERT INTO "{source_schema}".odd (id) SELECT generate_series(21, 40)'))
+    config = make_config([{"source": f"{source_schema}.odd", "target": f"{target_schema}.odd"}])
+    capture.install(source_engine, config)
+    (result,) = run_backfill(
+        source_engine,
+        target_engine,
+        config,
+        load_transforms(config),
+        BackfillSettings(chunk_rows=7),
+    )
+    assert result.rows == 40
+    query = 'SELECT id, md5(big), md5(blob), md5(doc::text), n, at FROM "{}".odd ORDER BY id'
+    with source_engine.connect() as s, target_engine.connect() as t:
+        assert (
+            t.execute(text(query.format(target_schema))).all()
+            == s.execute(text(query.format(source_schema))).all()
+        )
