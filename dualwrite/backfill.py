@@ -29,15 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from sqlalchemy import Engine
 
 from dualwrite import capture
 from dualwrite.apply import Applier, ensure_bookkeeping
-from dualwrite.capture._ddl import TableShape, qualified, row_image
 from dualwrite.config import MigrationConfig, TableConfig
-from dualwrite.envelope import EnvelopeError, _decode_row, parse_json
+from dualwrite.envelope import EnvelopeError
 from dualwrite.errors import DualwriteError
+from dualwrite.snapshot import chunk_queries, connect, decode_image, source_shape
 from dualwrite.transform import Transforms
 
 __all__ = ["BackfillError", "BackfillProgress", "BackfillSettings", "TableBackfill", "run_backfill"]
@@ -128,8 +127,8 @@ def run_backfill(
             f"otherwise be lost): run `dualwrite capture install` first (missing: {', '.join(map(str, missing)) or 'all'})"
         )
     ensure_bookkeeping(target)
-    src = _connect(source, "dualwrite-backfill")
-    dst = _connect(target, "dualwrite-backfill")
+    src = connect(source, "dualwrite-backfill")
+    dst = connect(target, "dualwrite-backfill")
     try:
         dst.execute(PROGRESS_DDL)
         dst.commit()
@@ -159,7 +158,7 @@ def _backfill_table(
 ) -> TableBackfill:
     label = str(table.source)
     shard = f"{settings.shard}/{settings.shards}"
-    shape = _shape(src, table)
+    shape = source_shape(src, table)
     if settings.restart:
         dst.execute(
             "DELETE FROM dualwrite.backfill_progress WHERE source_table = %s AND shard = %s",
@@ -182,7 +181,9 @@ def _backfill_table(
         log.info("%s (shard %s) was already backfilled; --restart to do it again", label, shard)
         return TableBackfill(label, 0, rows_done, 0, 0.0, True, True)
     resumed = last_key is not None
-    query_first, query_next = _chunk_queries(shape, settings)
+    query_first, query_next = chunk_queries(
+        shape, settings.chunk_rows, settings.shard, settings.shards
+    )
     t0 = time.monotonic()
     rows = chunks = 0
     while not stop.is_set():
@@ -204,7 +205,7 @@ def _backfill_table(
         ops = []
         for key_text, image in fetched:
             try:
-                record = _decode_row(parse_json(image), shape.types)
+                record = decode_image(image, shape.types)
             except EnvelopeError as exc:
                 raise BackfillError(f"{label}: row {key_text} cannot be decoded: {exc}") from None
             key = {c: record[c] for c in shape.key}
@@ -242,76 +243,6 @@ def _backfill_table(
     return TableBackfill(label, rows, rows_done + rows, chunks, elapsed, resumed, done)
 
 
-def _chunk_queries(
-    shape: TableShape, settings: BackfillSettings
-) -> tuple[sql.Composed, sql.Composed]:
-    keys = [sql.Identifier(c) for c in shape.key]
-    t_keys = sql.SQL(", ").join(sql.SQL("t.{}").format(k) for k in keys)
-    r_keys = sql.SQL(", ").join(sql.SQL("r.{}").format(k) for k in keys)
-    key_json = sql.SQL("json_build_object({})::text").format(
-        sql.SQL(", ").join(
-            sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c)) for c in shape.key
-        )
-    )
-    shard: sql.Composable = sql.SQL("TRUE")
-    if settings.shards > 1:
-        shard = sql.SQL(
-            "mod(abs(hashtextextended(json_build_array({})::text, 0)), {}) = {}"
-        ).format(t_keys, sql.Literal(settings.shards), sql.Literal(settings.shard))
-    table = qualified(shape.source)
-    select = sql.SQL("SELECT {key_json}, {image}::text FROM {table} AS t").format(
-        key_json=key_json, image=row_image(shape, "t"), table=table
-    )
-    limit = sql.Literal(settings.chunk_rows)
-    first = sql.SQL("{select} WHERE {shard} ORDER BY {keys} LIMIT {limit}").format(
-        select=select, shard=shard, keys=t_keys, limit=limit
-    )
-    following = sql.SQL(
-        "{select} WHERE ({t_keys}) > (SELECT {r_keys} FROM json_populate_record(NULL::{table}, %s::json) AS r) "
-        "AND {shard} ORDER BY {keys} LIMIT {limit}"
-    ).format(
-        select=select,
-        t_keys=t_keys,
-        r_keys=r_keys,
-        table=table,
-        shard=shard,
-        keys=t_keys,
-        limit=limit,
-    )
-    return first, following
-
-
-def _shape(src: psycopg.Connection[Any], table: TableConfig) -> TableShape:
-    """The table's key and column types, read as capture install reads them."""
-    relid = src.execute(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s",
-        (table.source.schema, table.source.name),
-    ).fetchone()
-    if relid is None:
-        raise BackfillError(f"source table {table.source} does not exist")
-    columns = src.execute(
-        "SELECT a.attname, COALESCE(NULLIF(t.typbasetype, 0), a.atttypid)::regtype::text "
-        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-        "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-        (relid[0],),
-    ).fetchall()
-    key = table.key
-    if not key:
-        pk = src.execute(
-            "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i "
-            "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
-            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-            "WHERE i.indrelid = %s AND i.indisprimary",
-            (relid[0],),
-        ).fetchone()
-        if pk is None or pk[0] is None:
-            raise BackfillError(f"{table.source} has no primary key and no declared key")
-        key = tuple(pk[0])
-    src.commit()
-    return TableShape(table.source, int(relid[0]), tuple(key), {c: t for c, t in columns})
-
-
 def _estimate(src: psycopg.Connection[Any], table: TableConfig) -> int:
     row = src.execute(
         "SELECT GREATEST(c.reltuples, 0)::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -337,10 +268,3 @@ def _wait_until_quiet(
         log.warning("source busy (SELECT 1 took %.0f ms); backing off %.1fs", latency_ms, delay)
         stop.wait(delay)
         delay = min(delay * 2, 10.0)
-
-
-def _connect(engine: Engine, name: str) -> psycopg.Connection[Any]:
-    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return psycopg.connect(
-        url, options="-c timezone=UTC", application_name=name, connect_timeout=10
-    )
