@@ -1,6 +1,25 @@
 """reconcile: prove the new store holds what the old one says it should.
 
-The comparison, drift reports, repair and readiness evaluation land here (issues 6 and 7).
+A transform-aware diff of both stores with canonical per-type comparison, in-flight
+re-checks, reports and run history. Readiness lands here too (issue 7).
 """
 
-__all__: list[str] = []
+from reconcile._canonical import NORMALISERS, canonical, encode_row
+from reconcile._compare import CATEGORIES, Difference, ReconcileResult, TableSummary, reconcile
+from reconcile._report import record_run, summary_line, to_json, to_markdown, write_artifact
+
+__all__ = [
+    "CATEGORIES",
+    "NORMALISERS",
+    "Difference",
+    "ReconcileResult",
+    "TableSummary",
+    "canonical",
+    "encode_row",
+    "reconcile",
+    "record_run",
+    "summary_line",
+    "to_json",
+    "to_markdown",
+    "write_artifact",
+]
