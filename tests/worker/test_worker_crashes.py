@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -87,19 +89,39 @@ def _write_load(p: Pipeline, seconds: float, seed: int) -> None:
             p.source_sql("DELETE FROM {s}.profile WHERE person_id = :i", i=i)
 
 
-def _worker_process(p: Pipeline) -> subprocess.Popen[bytes]:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_serving(port: int, timeout_s: float = 120.0) -> None:
+    """The worker serves metrics only after installing its signal handlers: once this answers,
+    SIGTERM means "finish the batch and leave", not "die"."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"worker metrics on port {port} never answered")
+
+
+def _worker_process(p: Pipeline, metrics_port: int = 0) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "worker",
+        p.config.path,
+        "--batch-size",
+        "200",
+        "--linger-ms",
+        "50",
+    ]
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "worker",
-            p.config.path,
-            "--batch-size",
-            "200",
-            "--linger-ms",
-            "50",
-        ],
+        [*args, "--metrics-port", str(metrics_port)],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=str(REPO),
         stdout=subprocess.DEVNULL,
@@ -141,10 +163,13 @@ def test_two_workers_rebalancing_under_load_reach_the_exact_state(merge_pipeline
     relay, stop_relay = _relay_in_background(p)
     writer = threading.Thread(target=_write_load, args=(p, 8, 3))
     writer.start()
-    first = _worker_process(p)
-    time.sleep(2.5)
-    second = _worker_process(p)  # joins the group: partitions move under load
-    time.sleep(3)
+    first_port, second_port = _free_port(), _free_port()
+    first = _worker_process(p, first_port)
+    _wait_serving(first_port)
+    time.sleep(1.5)
+    second = _worker_process(p, second_port)  # joins the group: partitions move under load
+    _wait_serving(second_port)
+    time.sleep(2)
     first.send_signal(signal.SIGTERM)  # leaves the group: another rebalance
     assert first.wait(timeout=60) == 0
     writer.join()
@@ -158,6 +183,7 @@ def test_two_workers_rebalancing_under_load_reach_the_exact_state(merge_pipeline
         p.target_rows("address"),
     ) != expected and time.monotonic() < deadline:
         time.sleep(0.5)
+    _wait_serving(second_port)
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=60) == 0
     _assert_exact(p)
