@@ -194,15 +194,30 @@ class Consumer:
                 out.append(Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp))
         return out
 
-    def commit(self, positions: dict[tuple[str, int], int] | None = None) -> None:
-        """Commit ``{(topic, partition): next_offset}``, or everything polled when ``None``."""
-        if positions is None:
-            self._consumer.commit()
-            return
-        offsets = {
-            TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()
-        }
-        self._consumer.commit(offsets)
+    def commit(self, positions: dict[tuple[str, int], int] | None = None) -> bool:
+        """Commit ``{(topic, partition): next_offset}``, or everything polled when ``None``.
+
+        Returns False when the group rebalanced meanwhile (the partitions' new owner will be
+        redelivered the uncommitted records: harmless for idempotent consumers). Raises
+        :class:`ServiceUnavailableError` for retriable failures (broker down, coordinator
+        moving): the caller retries.
+        """
+        try:
+            if positions is None:
+                self._consumer.commit()
+                return True
+            offsets = {
+                TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                for (t, p), o in positions.items()
+            }
+            self._consumer.commit(offsets)
+            return True
+        except kafka.errors.CommitFailedError:
+            return False
+        except kafka.errors.KafkaError as exc:
+            if is_retriable(exc):
+                raise ServiceUnavailableError(f"offset commit failed: {exc}") from None
+            raise
 
     def committed(self, topic: str, partition: int) -> int | None:
         """The group's committed offset for one partition, or None when nothing was committed."""

@@ -205,7 +205,16 @@ def run_worker(
                 except ServiceUnavailableError as exc:
                     log.warning("cannot publish dead letters (%s); retrying", exc)
                     _sleep(stop, _attempt + 1)
-            consumer.commit(_next_offsets(messages))
+            for attempt in range(1, 1000):
+                try:
+                    if not consumer.commit(_next_offsets(messages)):
+                        log.warning(
+                            "the group rebalanced during the batch; its new owner re-reads it (no effect)"
+                        )
+                    break
+                except ServiceUnavailableError as exc:
+                    log.warning("%s; retrying", exc)
+                    _sleep(stop, attempt)
             consumed += len(messages)
             applied += result.applied
             dead += len(result.poison)
