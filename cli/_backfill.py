@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
-from types import FrameType
 
 import click
 from rich.progress import (
@@ -19,6 +16,7 @@ from rich.progress import (
 )
 
 from cli._output import emit_json, err, out
+from cli._signals import stop_on_signals
 from cli._worker import _transforms
 from dualwrite import load_migration, make_engine
 from dualwrite.backfill import BackfillProgress, BackfillSettings, run_backfill
@@ -88,13 +86,7 @@ def backfill_command(
         shard=shard[0],
         shards=shard[1],
     )
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
-import signal
 import sys
-import threading
-from types import FrameType
 
 import click
 
 from cli._output import emit_json, err, out
+from cli._signals import stop_on_signals
 from dualwrite import capture, load_migration, make_engine
 from dualwrite.envelope import EnvelopeError, decode_event
 from dualwrite.kafka_io import read_topic
 from dualwrite.metrics import MetricsServer
 from dualwrite.relay import relay_metrics, run_relay
 
-log = logging.getLogger("dualwrite.cli")
 
 migration_arg = click.argument("migration_file", type=click.Path(dir_okay=False))
 
@@ -118,14 +114,7 @@ def relay_command(migration_file: str, until_idle: bool, metrics_port: int | Non
     """
     config = load_migration(migration_file)
     engine = make_engine(config.source)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.warning("signal %d received: finishing the current batch", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     metrics = relay_metrics()
     port = config.relay.metrics_port if metrics_port is None else metrics_port
     server = MetricsServer(metrics, port) if port else None

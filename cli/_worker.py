@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import sys
-import threading
-from types import FrameType
 
 import click
 
 from cli._output import emit_json, out
+from cli._signals import stop_on_signals
 from dualwrite import load_migration, make_engine
 from dualwrite.config import MigrationConfig
 from dualwrite.dlq import dead_letters, quarantined, redrive
@@ -20,7 +17,6 @@ from dualwrite.metrics import MetricsServer
 from dualwrite.transform import Transforms, load_transforms
 from dualwrite.worker import WorkerSettings, run_worker, worker_metrics
 
-log = logging.getLogger("dualwrite.cli")
 migration_arg = click.argument("migration_file", type=click.Path(dir_okay=False))
 
 
@@ -53,14 +49,7 @@ def worker_command(
     config = load_migration(migration_file)
     transforms = _transforms(config)
     engine = make_engine(config.target)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.warning("signal %d received: finishing the current batch", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     metrics = worker_metrics()
     server = MetricsServer(metrics, metrics_port) if metrics_port else None
     try:
