@@ -16,7 +16,6 @@ from dualwrite.kafka_io import read_topic
 from dualwrite.metrics import MetricsServer
 from dualwrite.relay import relay_metrics, run_relay
 
-
 migration_arg = click.argument("migration_file", type=click.Path(dir_okay=False))
 
 
