@@ -65,9 +65,16 @@ def _parse_int(text: str) -> int | Decimal:
     return Decimal(text) if text == "-0" else int(text)
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_int=_parse_int)
+
+
 def parse_json(data: bytes | str) -> Any:
-    """Parse JSON keeping numbers exact (``Decimal`` for non-integers, never ``float``)."""
-    return json.loads(data, parse_float=Decimal, parse_int=_parse_int)
+    """Parse JSON keeping numbers exact (``Decimal`` for non-integers, never ``float``).
+
+    Bytes must be UTF-8 (``UnicodeDecodeError`` otherwise). One decoder is shared: building
+    one per call (what ``json.loads`` with hooks does) cost a third of the decoding time.
+    """
+    return _DECODER.decode(data.decode("utf-8") if isinstance(data, bytes) else data)
 
 
 # --- per-type decoders -------------------------------------------------------------------
