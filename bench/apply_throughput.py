@@ -495,10 +495,16 @@ def applier_variants() -> dict[str, type[Any]]:
 
 
 def stages(
-    names: ShopNames, urls: tuple[str, str, str], tgt_engine: Any, sample: int, batch: int
+    names: ShopNames,
+    urls: tuple[str, str, str],
+    tgt_engine: Any,
+    sample: int,
+    batch: int,
+    in_topic: int,
 ) -> dict[str, Any]:
-    """Each stage of the worker alone, in this process, on the first ``sample`` events of the
-    topic: Kafka read (no group), envelope decode (and plain ``json.loads`` for comparison),
+    """Each stage of the worker alone, in this process, on ``sample`` events of the topic
+    (every n-th of the ``in_topic`` events, so the mix is the whole topic's): Kafka read of
+    the whole topic (no group), envelope decode (and plain ``json.loads`` for comparison),
     transform, and the Applier on the transformed ops (fresh target schema, one committed
     transaction per ``batch`` events, as the worker's ``_apply_all`` does), also in the two
     what-if variants of :func:`applier_variants`. Rates are events per second."""
@@ -519,9 +525,16 @@ def stages(
     transforms = load_transforms(config)
     out: dict[str, Any] = {"sample": sample}
     print(f"stages on {sample:,} events ...", file=sys.stderr)
+    stride = max(1, in_topic // sample)
     with stopwatch() as t:
-        messages = list(read_topic([bootstrap], names.changes_topic, max_messages=sample))
-    out["kafka_read"] = (len(messages), t[0])
+        messages = [
+            m
+            for i, m in enumerate(
+                read_topic([bootstrap], names.changes_topic, max_messages=in_topic)
+            )
+            if i % stride == 0
+        ][:sample]
+    out["kafka_read"] = (in_topic, t[0])
     values = [m.value or b"" for m in messages]
     out["value_bytes_mean"] = round(sum(map(len, values)) / len(values), 1)
     docs = [json.loads(v) for v in values[:5000]]
@@ -695,7 +708,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         if args.stage_sample:
             info["stages"] = stages(
-                names, urls, tgt_engine, min(args.stage_sample, args.changes), args.batch_sizes[0]
+                names,
+                urls,
+                tgt_engine,
+                min(args.stage_sample, args.changes),
+                args.batch_sizes[0],
+                in_topic,
             )
         info["raw"].append(baseline(2))
         if args.profile:
@@ -833,6 +851,15 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
                     "applier_binary_copy",
                 )
             ],
+        )
+        ops = st["applier_ops_applied"] / st["sample"]
+        print(
+            f"{ops:.2f} target ops per event; applier per op: "
+            + ", ".join(
+                f"{k} {st[k]['us_each'] / ops:.1f} us"
+                for k in ("applier", "applier_no_guard", "applier_binary_copy")
+            )
+            + f" (raw upsert {1e6 / raw_mean:.1f} us per row)"
         )
         print(
             f"serial sum kafka_read + decode_event + transform + applier: "

@@ -384,6 +384,20 @@ def run_phase(
     }
 
 
+def diagnose(proc: subprocess.Popen[str], outdir: Path) -> str:
+    """The worker's state when it did not drain: its exit code, or a py-spy dump of its
+    threads written to ``worker-stuck.txt``."""
+    code = proc.poll()
+    if code is not None:
+        return f"exited with code {code} (see worker.log)"
+    spy = Path(sys.executable).parent / "py-spy"
+    dump = subprocess.run(
+        [str(spy), "dump", "--pid", str(proc.pid)], capture_output=True, text=True, check=False
+    )
+    (outdir / "worker-stuck.txt").write_text(dump.stdout + dump.stderr)
+    return "alive; its stacks are in worker-stuck.txt"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -462,7 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"draining the seed ({seeded.rows:,} changes) ...", file=sys.stderr)
         with stopwatch() as t:
             if not log.wait_events(seeded.rows, args.drain_timeout_s):
-                raise RuntimeError(f"seed not drained: {log.events} of {seeded.rows} events")
+                worker_state = diagnose(procs["worker"], outdir)
+                raise RuntimeError(
+                    f"seed not drained: {log.events} of {seeded.rows} events; worker {worker_state}"
+                )
         info["seed"]["drain_s"] = round(t[0], 1)
         conns = [psycopg.connect(libpq_url(src_url), autocommit=True) for _ in range(args.writers)]
         with contextlib.ExitStack() as stack:
