@@ -16,6 +16,7 @@ from cli._capture import capture_group, relay_command, tail_command
 from cli._config import config_group
 from cli._dev import dev_group
 from cli._output import err
+from cli._readiness import cutover_command, readiness_command, rollback_command, state_group
 from cli._reconcile import reconcile_command
 from cli._worker import dlq_group, status_command, worker_command
 from dualwrite import __version__
@@ -62,6 +63,10 @@ cli.add_command(dlq_group)
 cli.add_command(status_command)
 cli.add_command(backfill_command)
 cli.add_command(reconcile_command)
+cli.add_command(readiness_command)
+cli.add_command(state_group)
+cli.add_command(cutover_command)
+cli.add_command(rollback_command)
 
 
 def main() -> None:
