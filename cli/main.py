@@ -14,6 +14,7 @@ import click
 from cli._backfill import backfill_command
 from cli._capture import capture_group, relay_command, tail_command
 from cli._config import config_group
+from cli._demo import demo_command
 from cli._dev import dev_group
 from cli._output import err
 from cli._readiness import cutover_command, readiness_command, rollback_command, state_group
@@ -53,6 +54,7 @@ def cli(verbose: int) -> None:
         logging.getLogger(service).setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
 
 
+cli.add_command(demo_command)
 cli.add_command(dev_group)
 cli.add_command(config_group)
 cli.add_command(capture_group)
