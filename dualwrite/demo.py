@@ -234,10 +234,8 @@ def _run(settings: DemoSettings, stack: DevStackSettings, say: Say) -> DemoResul
     source, target = make_engine(config.source), make_engine(config.target)
     try:
         with _step(result, say, f"old schema {SOURCE_SCHEMA}: create and seed"):
-            with source.begin() as conn:
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {SOURCE_SCHEMA} CASCADE"))
-            with target.begin() as conn:
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {TARGET_SCHEMA} CASCADE"))
+            for engine, schema in ((source, SOURCE_SCHEMA), (target, TARGET_SCHEMA)):
+                _reset(engine, schema)
             workload.install_old_schema(source, SOURCE_SCHEMA)
             workload.install_new_schema(target, TARGET_SCHEMA)
             seeded = workload.seed(source, settings.customers, schema=SOURCE_SCHEMA)
@@ -280,6 +278,24 @@ def _run(settings: DemoSettings, stack: DevStackSettings, say: Say) -> DemoResul
         + "\n"
     )
     return result
+
+
+def _reset(engine: Engine, schema: str) -> None:
+    """Drop the demo's schema and forget what earlier runs recorded about the demo's tables
+    (the version guard's bookkeeping would otherwise hold versions newer than this run's)."""
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        for table, column in (
+            ("dualwrite.applied", "source_table"),
+            ("dualwrite.source_positions", "source_table"),
+            ("dualwrite.backfill_progress", "source_table"),
+        ):
+            if conn.execute(text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
+                continue
+            for prefix in (SOURCE_SCHEMA, TARGET_SCHEMA):
+                conn.execute(
+                    text(f"DELETE FROM {table} WHERE {column} LIKE :p"), {"p": f"{prefix}.%"}
+                )
 
 
 def _checks(
