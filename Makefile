@@ -16,10 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-demo: install  ## start the local stack and prove it end to end (leaves it running)
-	$(DW) dev up
-	$(DW) config check examples/quickstart.toml
-	$(DW) dev smoke examples/quickstart.toml
+demo: install  ## the demo migration end to end (starts the local stack if needed, stops it after)
+	$(DW) demo $(DEMO_ARGS)
 
 test: install chromium  ## lint, type-check and run the whole suite against real PostgreSQL and Kafka
 	$(DW) dev run -- $(MAKE) --no-print-directory check
