@@ -15,8 +15,8 @@ from dualwrite.transform._registry import (
 
 __all__ = [
     "CONVERTERS",
-    "DeclaredTransformError",
     "INVERSE_CONVERTERS",
+    "DeclaredTransformError",
     "SourceTransform",
     "TargetOp",
     "TargetSpec",

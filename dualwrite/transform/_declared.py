@@ -196,9 +196,9 @@ def declared_inverse(
                 f"{table.target} in the transform module (@transforms.inverse) or add one to "
                 "INVERSE_CONVERTERS"
             )
-        inverse = INVERSE_CONVERTERS[name]
-        if inverse is not None:
-            back[column] = build_converter(f"{inverse}:{argument}" if argument else inverse, where)
+        undo = INVERSE_CONVERTERS[name]
+        if undo is not None:
+            back[column] = build_converter(f"{undo}:{argument}" if argument else undo, where)
     source_name = {target: source for source, target in table.rename.items()}
     constants = set(table.constants)
     source = str(table.source)
