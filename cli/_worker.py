@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from cli._direction import load_direction, reverse_option
 from cli._output import emit_json, out
 from cli._signals import stop_on_signals
 from dualwrite import load_migration, make_engine
@@ -38,15 +39,21 @@ def _transforms(config: MigrationConfig) -> Transforms:
     default=0,
     help="Serve Prometheus metrics; 0 = off.",
 )
+@reverse_option
 def worker_command(
-    migration_file: str, until_idle: bool, batch_size: int, linger_ms: int, metrics_port: int
+    migration_file: str,
+    until_idle: bool,
+    batch_size: int,
+    linger_ms: int,
+    metrics_port: int,
+    reverse: bool,
 ) -> None:
     """Consume change events, transform them and apply them to the target.
 
     A consumer-group member: run several processes to scale. SIGTERM or Ctrl-C finishes the
     batch in hand, commits and leaves the group.
     """
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, reverse)
     transforms = _transforms(config)
     engine = make_engine(config.target)
     stop = stop_on_signals()
@@ -145,9 +152,10 @@ def dlq_redrive(migration_file: str, keys: tuple[str, ...]) -> None:
 @click.command("status")
 @migration_arg
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status_command(migration_file: str, as_json: bool) -> None:
+@reverse_option
+def status_command(migration_file: str, as_json: bool, reverse: bool) -> None:
     """Pipeline lag: per partition (log end - committed) and end to end (now - last applied)."""
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, reverse)
     engine = make_engine(config.target)
     try:
         st = pipeline_status(engine, config)

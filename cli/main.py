@@ -17,6 +17,7 @@ from cli._config import config_group
 from cli._dev import dev_group
 from cli._output import err
 from cli._reconcile import reconcile_command
+from cli._reverse import reverse_group
 from cli._worker import dlq_group, status_command, worker_command
 from dualwrite import __version__
 from dualwrite.errors import DualwriteError
@@ -62,6 +63,7 @@ cli.add_command(dlq_group)
 cli.add_command(status_command)
 cli.add_command(backfill_command)
 cli.add_command(reconcile_command)
+cli.add_command(reverse_group)
 
 
 def main() -> None:
