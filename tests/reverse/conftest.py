@@ -143,11 +143,8 @@ def make_pair(
 
     yield build
     for config in made:
-        for undo in (
-            lambda: capture.uninstall(source_engine, config, force=True),
-            lambda: uninstall_reverse(config, target_engine, force=True),
-        ):
-            try:
-                undo()
-            except Exception as exc:  # the test may have dropped what it installed
-                warnings.warn(f"capture cleanup: {exc}", stacklevel=1)
+        try:
+            capture.uninstall(source_engine, config, force=True)
+            uninstall_reverse(config, target_engine, force=True)
+        except Exception as exc:  # the test may have dropped what it installed
+            warnings.warn(f"capture cleanup: {exc}", stacklevel=1)
