@@ -23,6 +23,7 @@ from dualwrite.relay import run_relay
 from dualwrite.reverse import install_reverse, reverse_config, uninstall_reverse
 from dualwrite.transform import Transforms, load_transforms
 from dualwrite.worker import run_worker
+from examples.shop.workload import install_new_schema, install_old_schema, seed
 from tests.conftest import REPO, Services
 
 
@@ -148,3 +149,35 @@ def make_pair(
             uninstall_reverse(config, target_engine, force=True)
         except Exception as exc:  # the test may have dropped what it installed
             warnings.warn(f"capture cleanup: {exc}", stacklevel=1)
+
+
+SHOP_TABLES = """
+[[tables]]
+source = "{s}.customers"
+key = ["id"]
+target = "{d}.customers"
+
+[[tables]]
+source = "{s}.customer_profiles"
+key = ["customer_id"]
+target = "{d}.customers"
+
+[[tables]]
+source = "{s}.orders"
+key = ["id"]
+target = "{d}.orders"
+"""
+
+
+@pytest.fixture
+def shop(
+    make_pair: MakePair,
+    source_engine: Engine,
+    target_engine: Engine,
+    source_schema: str,
+    target_schema: str,
+) -> Pair:
+    install_old_schema(source_engine, source_schema)
+    install_new_schema(target_engine, target_schema)
+    seed(source_engine, 60, schema=source_schema, rng_seed=7)  # messy legacy data
+    return make_pair(SHOP_TABLES, module="examples.shop.transform")

@@ -13,48 +13,15 @@ import datetime as dt
 import threading
 
 import pytest
-from sqlalchemy import Engine
 
 from dualwrite.backfill import run_backfill
 from dualwrite.relay import run_relay
 from dualwrite.reverse import reverse_status
 from dualwrite.transform import load_transforms
-from examples.shop.workload import install_new_schema, install_old_schema, seed
 from reconcile import reconcile
-from tests.reverse.conftest import MakePair, Pair
+from tests.reverse.conftest import Pair
 
 pytestmark = pytest.mark.integration
-
-SHOP_TABLES = """
-[[tables]]
-source = "{s}.customers"
-key = ["id"]
-target = "{d}.customers"
-
-[[tables]]
-source = "{s}.customer_profiles"
-key = ["customer_id"]
-target = "{d}.customers"
-
-[[tables]]
-source = "{s}.orders"
-key = ["id"]
-target = "{d}.orders"
-"""
-
-
-@pytest.fixture
-def shop(
-    make_pair: MakePair,
-    source_engine: Engine,
-    target_engine: Engine,
-    source_schema: str,
-    target_schema: str,
-) -> Pair:
-    install_old_schema(source_engine, source_schema)
-    install_new_schema(target_engine, target_schema)
-    seed(source_engine, 60, schema=source_schema, rng_seed=7)
-    return make_pair(SHOP_TABLES, module="examples.shop.transform")
 
 
 def _sync_forward(p: Pair) -> None:
