@@ -15,10 +15,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from cli._direction import load_direction, reverse_option
 from cli._output import emit_json, err, out
 from cli._signals import stop_on_signals
 from cli._worker import _transforms
-from dualwrite import load_migration, make_engine
+from dualwrite import make_engine
 from dualwrite.backfill import BackfillProgress, BackfillSettings, run_backfill
 
 
@@ -58,6 +59,7 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[in
 )
 @click.option("--restart", is_flag=True, help="Forget saved progress and start over.")
 @click.option("--json", "as_json", is_flag=True, help="JSON progress lines and summary.")
+@reverse_option
 def backfill_command(
     migration_file: str,
     tables: tuple[str, ...],
@@ -67,6 +69,7 @@ def backfill_command(
     shard: tuple[int, int],
     restart: bool,
     as_json: bool,
+    reverse: bool,
 ) -> None:
     """Copy every existing source row, transformed, to the target; resumable.
 
@@ -74,7 +77,7 @@ def backfill_command(
     brings back a deleted row. Capture must be installed first. SIGTERM or Ctrl-C stops after
     the chunk in hand; run the same command again to resume. Exit 3 when stopped early.
     """
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, reverse)
     transforms = _transforms(config)
     source, target = make_engine(config.source), make_engine(config.target)
     settings = BackfillSettings(

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from cli._direction import load_direction, reverse_option
 from cli._output import emit_json, err, out
 from cli._signals import stop_on_signals
 from dualwrite import capture, load_migration, make_engine
@@ -105,13 +106,16 @@ def capture_status(migration_file: str, as_json: bool) -> None:
 @click.option(
     "--metrics-port", type=int, default=None, help="Serve Prometheus metrics (overrides the file)."
 )
-def relay_command(migration_file: str, until_idle: bool, metrics_port: int | None) -> None:
+@reverse_option
+def relay_command(
+    migration_file: str, until_idle: bool, metrics_port: int | None, reverse: bool
+) -> None:
     """Publish the changelog to Kafka, at least once and in per-row commit order.
 
     Runs until SIGTERM or Ctrl-C (finishing the batch in hand), or with --until-idle until the
     changelog is empty. Unavailable services are retried with backoff.
     """
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, reverse)
     engine = make_engine(config.source)
     stop = stop_on_signals()
     metrics = relay_metrics()

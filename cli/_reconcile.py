@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
+from cli._direction import load_direction, reverse_option
 from cli._output import err, out
 from cli._worker import _transforms
-from dualwrite import load_migration, make_engine
+from dualwrite import make_engine
 from reconcile import reconcile, record_run, summary_line, to_json, to_markdown, write_artifact
 
 EXIT = {"clean": 0, "drift": 1, "incomplete": 3}
@@ -39,6 +40,7 @@ EXIT = {"clean": 0, "drift": 1, "incomplete": 3}
 )
 @click.option("--chunk-rows", type=click.IntRange(1, 1_000_000), default=5000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+@reverse_option
 def reconcile_command(
     migration_file: str,
     artifact: Path | None,
@@ -46,6 +48,7 @@ def reconcile_command(
     wait_s: float,
     chunk_rows: int,
     as_json: bool,
+    reverse: bool,
 ) -> None:
     """Compare the transform of the source with the target and report every difference.
 
@@ -53,7 +56,7 @@ def reconcile_command(
     re-check the differences). Differences that disappear once the pipeline caught up are
     reported as in flight, not drift.
     """
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, reverse)
     transforms = _transforms(config)
     source, target = make_engine(config.source), make_engine(config.target)
     try:

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from cli._direction import load_direction, reverse_option
 from cli._output import emit_json, out
 from cli._signals import stop_on_signals
 from dualwrite import load_migration, make_engine
@@ -41,15 +42,21 @@ def _transforms(config: MigrationConfig) -> Transforms:
     default=0,
     help="Serve Prometheus metrics; 0 = off.",
 )
+@reverse_option
 def worker_command(
-    migration_file: str, until_idle: bool, batch_size: int, linger_ms: int, metrics_port: int
+    migration_file: str,
+    until_idle: bool,
+    batch_size: int,
+    linger_ms: int,
+    metrics_port: int,
+    reverse: bool,
 ) -> None:
     """Consume change events, transform them and apply them to the target.
 
     A consumer-group member: run several processes to scale. SIGTERM or Ctrl-C finishes the
     batch in hand, commits and leaves the group.
     """
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, reverse)
     transforms = _transforms(config)
     engine = make_engine(config.target)
     stop = stop_on_signals()
@@ -148,13 +155,16 @@ def dlq_redrive(migration_file: str, keys: tuple[str, ...]) -> None:
 @click.command("status")
 @migration_arg
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status_command(migration_file: str, as_json: bool) -> None:
+@reverse_option
+def status_command(migration_file: str, as_json: bool, reverse: bool) -> None:
     """The migration at a glance: its state, pipeline lag (per partition and end to end),
-    backfill progress and the last reconcile."""
-    config = load_migration(migration_file)
+    backfill progress and the last reconcile (with --reverse: of the rollback direction)."""
+    config = load_direction(migration_file, reverse)
+    forward = config.reverse_of or config
     source, engine = make_engine(config.source), make_engine(config.target)
     try:
-        state = current_state(engine, config.name)
+        # the state belongs to the forward migration, kept on its target
+        state = current_state(source if config.reverse_of else engine, forward.name)
         st = pipeline_status(engine, config)
         backfill, last_reconcile = evaluate_readiness(
             config, source, engine, ("backfill", "reconcile")

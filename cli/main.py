@@ -19,6 +19,7 @@ from cli._dev import dev_group
 from cli._output import err
 from cli._readiness import cutover_command, readiness_command, rollback_command, state_group
 from cli._reconcile import reconcile_command
+from cli._reverse import reverse_group
 from cli._worker import dlq_group, status_command, worker_command
 from dualwrite import __version__
 from dualwrite.errors import DualwriteError
@@ -69,6 +70,7 @@ cli.add_command(readiness_command)
 cli.add_command(state_group)
 cli.add_command(cutover_command)
 cli.add_command(rollback_command)
+cli.add_command(reverse_group)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from sqlalchemy import Engine
 
 from dualwrite.config import QualifiedName
 from dualwrite.errors import DualwriteError
+from dualwrite.origin import MARK_TOOLKIT_WRITE
 from dualwrite.transform import TargetOp, TargetSpec, Transforms
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class Applier:
         rolling back) when the target rejects the batch; the caller isolates the culprit."""
         try:
             with self.conn.transaction():
+                self.conn.execute(MARK_TOOLKIT_WRITE)  # capture triggers skip these rows
                 result = self._apply(ops)
                 if positions:
                     self._record_positions(positions)

@@ -186,6 +186,14 @@ class MigrationConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    reverse_of: MigrationConfig | None = field(default=None, repr=False, compare=False)
+    """Set on the rollback direction (:func:`dualwrite.reverse.reverse_config`): the forward
+    migration whose inverse transforms this one runs."""
+
+    @property
+    def is_reverse(self) -> bool:
+        """True for the rollback direction (new tables -> old tables)."""
+        return self.reverse_of is not None
 
     @property
     def changes_topic(self) -> str:

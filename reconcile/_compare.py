@@ -112,6 +112,10 @@ def reconcile(
             diffs, target_rows = _diff_table(dst, spec, expected[target_name], chunk_rows)
             candidates.extend(diffs)
             summaries.append(TableSummary(target_name, len(expected[target_name]), target_rows, {}))
+        if config.reverse_of is not None:
+            from reconcile._unmigrated import drop_unmigrated  # here: it imports this module
+
+            candidates = drop_unmigrated(dst, config, transforms, candidates)
         final: list[Difference] = [d for d in candidates if d.category == "transform_error"]
         recheck = [d for d in candidates if d.category != "transform_error"]
         caught_up = True

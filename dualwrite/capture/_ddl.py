@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from dualwrite.config import QualifiedName
+from dualwrite.origin import ORIGIN_SETTING, TOOLKIT_ORIGIN
 
 CHANGELOG = "changelog"
 REGISTRY = "captured_tables"
@@ -177,6 +178,9 @@ def trigger_function_sql(schema: str, shape: TableShape) -> sql.Composed:
 CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
+    IF current_setting({setting}, true) = {toolkit} THEN
+        RETURN NULL;  -- applied by a dualwrite worker or backfill: never captured again
+    END IF;
     IF TG_OP = 'DELETE' THEN
         {delete_old};
     ELSIF TG_OP = 'UPDATE' AND ROW({old_key}) IS DISTINCT FROM ROW({new_key}) THEN
@@ -194,6 +198,8 @@ $fn$;
 """
     ).format(
         fn=in_schema(schema, function_name(shape.relid)),
+        setting=sql.Literal(ORIGIN_SETTING),
+        toolkit=sql.Literal(TOOLKIT_ORIGIN),
         old_key=old_key,
         new_key=new_key,
         delete_old=insert_change(schema, shape, "D", "old", with_row=False),

@@ -3,7 +3,8 @@
 The same registry serves the stream (worker), the backfill and reconcile.
 """
 
-from dualwrite.transform._declared import CONVERTERS, DeclaredTransformError
+from dualwrite.transform._declared import CONVERTERS, INVERSE_CONVERTERS, DeclaredTransformError
+from dualwrite.transform._inverse import inverse_transforms
 from dualwrite.transform._model import TargetOp, TargetSpec, key_text
 from dualwrite.transform._registry import (
     SourceTransform,
@@ -14,12 +15,14 @@ from dualwrite.transform._registry import (
 
 __all__ = [
     "CONVERTERS",
+    "INVERSE_CONVERTERS",
     "DeclaredTransformError",
     "SourceTransform",
     "TargetOp",
     "TargetSpec",
     "TransformError",
     "Transforms",
+    "inverse_transforms",
     "key_text",
     "load_transforms",
 ]

@@ -34,6 +34,15 @@ def _cents(v: Any) -> Any:
     return None if v is None else (Decimal(v) / 100).quantize(Decimal("0.01"))
 
 
+def _to_cents(v: Any) -> Any:
+    if v is None:
+        return None
+    cents = Decimal(v).scaleb(2)
+    if not cents.is_finite() or cents != cents.to_integral_value():
+        raise ValueError(f"{v} is not a whole number of cents")
+    return int(cents)
+
+
 def _lower(v: Any) -> Any:
     return None if v is None else str(v).lower()
 
@@ -73,16 +82,51 @@ def _zone(argument: str) -> Converter:
     return convert
 
 
+def _to_zone(argument: str) -> Converter:
+    try:
+        zone = ZoneInfo(argument)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {argument!r}") from None
+
+    def convert(v: Any) -> Any:
+        if v is None or isinstance(v, str):
+            return v  # NULL, or PostgreSQL's 'infinity'
+        if not isinstance(v, dt.datetime) or v.tzinfo is None:
+            raise ValueError(f"expected a timestamp with time zone, got {v!r}")
+        return v.astimezone(zone).replace(tzinfo=None)
+
+    return convert
+
+
 CONVERTERS: dict[str, Callable[[str], Converter]] = {
     "cents_to_numeric": lambda _arg: _cents,
+    "numeric_to_cents": lambda _arg: _to_cents,
     "lower": lambda _arg: _lower,
     "upper": lambda _arg: _upper,
     "trim": lambda _arg: _trim,
     "nfc": lambda _arg: _nfc,
     "zone": _zone,
+    "to_zone": _to_zone,
 }
 """Named conversions for declared transforms; ``zone:<IANA zone>`` reads a naive timestamp
-as local time in that zone and returns it as an aware UTC timestamp."""
+as local time in that zone and returns it as an aware UTC timestamp, ``to_zone:<IANA zone>``
+does the opposite."""
+
+INVERSE_CONVERTERS: dict[str, str | None] = {
+    "cents_to_numeric": "numeric_to_cents",
+    "numeric_to_cents": "cents_to_numeric",
+    "zone": "to_zone",
+    "to_zone": "zone",
+    # normalisers: the normalised value is a valid old value, so it is written back as is
+    "lower": None,
+    "upper": None,
+    "trim": None,
+    "nfc": None,
+}
+"""The conversion that undoes each conversion (same argument), for the automatic inverse of a
+declared transform in the rollback direction; ``None``: write the value back unchanged. A
+conversion missing here has no inverse: rolling back its table needs an inverse in the
+transform module. Add an entry when you add a converter to :data:`CONVERTERS`."""
 
 
 class DeclaredTransformError(DualwriteError):
@@ -129,3 +173,44 @@ def declared_transform(
         return {target: values}
 
     return transform, column_name
+
+
+def declared_inverse(
+    table: TableConfig,
+) -> Callable[[Mapping[str, Any]], Mapping[str, Mapping[str, Any]]]:
+    """The automatic inverse of a declared transform: a target row -> ``{source: row}``.
+
+    Renames are undone, constant columns left out, conversions undone with
+    :data:`INVERSE_CONVERTERS`; dropped columns are not rebuilt (the old row keeps its value).
+    Raises :class:`DeclaredTransformError` naming the table and column of a conversion that
+    has no inverse.
+    """
+    back: dict[str, Converter] = {}
+    for column, spec in table.convert.items():
+        name, _, argument = spec.partition(":")
+        where = f"{table.source} column {column}"
+        if name not in INVERSE_CONVERTERS:
+            raise DeclaredTransformError(
+                f"{where}: conversion {name!r} has no inverse, so rows of {table.target} cannot "
+                f"be written back to {table.source} for rollback; register an inverse of "
+                f"{table.target} in the transform module (@transforms.inverse) or add one to "
+                "INVERSE_CONVERTERS"
+            )
+        undo = INVERSE_CONVERTERS[name]
+        if undo is not None:
+            back[column] = build_converter(f"{undo}:{argument}" if argument else undo, where)
+    source_name = {target: source for source, target in table.rename.items()}
+    constants = set(table.constants)
+    source = str(table.source)
+
+    def inverse(row: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
+        values: dict[str, Any] = {}
+        for column, value in row.items():
+            if column in constants:
+                continue
+            name = source_name.get(column, column)
+            convert = back.get(name)
+            values[name] = convert(value) if convert else value
+        return {source: values}
+
+    return inverse

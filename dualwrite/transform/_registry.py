@@ -61,6 +61,9 @@ class Transforms:
         self.sources: dict[str, SourceTransform] = {}
         self.targets: dict[str, TargetSpec] = {}
         self.inverses: dict[str, RowFunction] = {}
+        # target -> {source table: columns its inverse writes}; needed where one source table
+        # is rebuilt from several targets (a merge in the rollback direction)
+        self.inverse_columns: dict[str, dict[str, tuple[str, ...]]] = {}
         self.renamers: dict[str, Callable[[str], str]] = {}  # declared sources: key inference
         self._lock = threading.Lock()
 
@@ -91,11 +94,22 @@ class Transforms:
 
         return register
 
-    def inverse(self, target: str) -> Callable[[RowFunction], RowFunction]:
-        """Register the inverse of ``target``: a target row -> ``{source table: source row}``."""
+    def inverse(
+        self, target: str, *, columns: Mapping[str, Sequence[str]] | None = None
+    ) -> Callable[[RowFunction], RowFunction]:
+        """Register the inverse of ``target``: a target row -> ``{source table: source row}``.
+
+        ``columns`` names, per source table, the non-key columns this inverse writes. It is
+        required for a source table that the inverses of several targets rebuild (the rollback
+        direction merges them, each owning its columns; see ``docs/rollback.md``).
+        """
 
         def register(function: RowFunction) -> RowFunction:
             self.inverses[_name(target)] = function
+            if columns:
+                self.inverse_columns[_name(target)] = {
+                    _name(s): tuple(cols) for s, cols in columns.items()
+                }
             return function
 
         return register
@@ -209,8 +223,14 @@ def load_transforms(config: MigrationConfig) -> Transforms:
 
     The module defines either ``make_transforms(config) -> Transforms`` (preferred: schema
     names can come from the migration file) or a module-level ``transforms = Transforms()``.
-    Each call returns a new registry; the module's own objects are never modified.
+    Each call returns a new registry; the module's own objects are never modified. For the
+    rollback direction (``config.reverse_of`` set) it is the registry of the inverse transforms
+    of the forward migration (:func:`dualwrite.transform.inverse_transforms`).
     """
+    if config.reverse_of is not None:
+        from dualwrite.transform._inverse import inverse_transforms
+
+        return inverse_transforms(load_transforms(config.reverse_of), config.reverse_of)
     transforms = Transforms()
     if config.transform.module:
         try:
@@ -229,6 +249,7 @@ def load_transforms(config: MigrationConfig) -> Transforms:
         transforms.sources.update(found.sources)
         transforms.targets.update(found.targets)
         transforms.inverses.update(found.inverses)
+        transforms.inverse_columns.update(found.inverse_columns)
     for table in config.tables:
         if str(table.source) not in transforms.sources:
             _declare(transforms, table)

@@ -289,7 +289,12 @@ def build_transforms(source_schema: str = "legacy", target_schema: str = "shop")
             }
         }
 
-    @registry.inverse(shop_customers)
+    @registry.inverse(
+        shop_customers,
+        columns={
+            customers: ("first_name", "last_name", "email", "phone", "created_at", "updated_at")
+        },
+    )
     def customer_back(row: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """The legacy customer (when created_at is set: legacy requires it) and the profile
         (when marketing_opt_in is set: legacy requires it) a merged row came from."""
@@ -313,7 +318,7 @@ def build_transforms(source_schema: str = "legacy", target_schema: str = "shop")
             }
         return out
 
-    @registry.inverse(shop_addresses)
+    @registry.inverse(shop_addresses, columns={customers: ("street", "city", "zip", "country")})
     def address_back(row: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """The address columns of the legacy customer row."""
         return {
