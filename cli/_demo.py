@@ -53,7 +53,8 @@ def demo_command(
     out.print(
         f"demo {result.migration}: {result.source_rows:,} rows migrated live with "
         f"{result.live_transactions:,} concurrent transactions, reconcile {result.reconcile_status}, "
-        f"{'ready' if result.ready else 'NOT ready'}, final state {result.final_state}, "
+        f"{'ready' if result.ready else 'NOT ready'}, reverse reconcile {result.reverse_status}, "
+        f"final state {result.final_state}, "
         f"{time.monotonic() - t0:.0f}s; reports in {output}/",
         style="bold green",
         markup=False,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
+from cli._direction import load_direction
 from cli._output import emit_json, err, out
-from dualwrite import load_migration, make_engine
+from dualwrite import make_engine
 from dualwrite.config import MigrationConfig
 from dualwrite.state import (
     STATES,
@@ -63,7 +64,7 @@ def readiness_command(
     Each gate shows its evidence and, when it fails, what to do. Thresholds come from the
     migration file's [thresholds].
     """
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, False)
     source, target = make_engine(config.source), make_engine(config.target)
     try:
         report = evaluate_readiness(config, source, target)
@@ -142,7 +143,7 @@ def state_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def state_show(migration_file: str, as_json: bool) -> None:
     """Print the current state and the transition history."""
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, False)
     target = make_engine(config.target)
     try:
         st = current_state(target, config.name)
@@ -169,7 +170,7 @@ def state_show(migration_file: str, as_json: bool) -> None:
 @reason_option
 def state_set(migration_file: str, to_state: str, force: bool, reason: str | None) -> None:
     """Move to TO_STATE if the transition is allowed and its preconditions pass."""
-    _report_move(_move(load_migration(migration_file), to_state, force, reason))
+    _report_move(_move(load_direction(migration_file, False), to_state, force, reason))
 
 
 @click.command("cutover")
@@ -182,7 +183,7 @@ def cutover_command(migration_file: str, force: bool, reason: str | None) -> Non
     Run it when the application is about to write to the new store; the reverse pipeline
     (`dualwrite relay --reverse`, `dualwrite worker --reverse`) keeps the old store current.
     """
-    _report_move(_move(load_migration(migration_file), "cut_over", force, reason))
+    _report_move(_move(load_direction(migration_file, False), "cut_over", force, reason))
 
 
 @click.command("rollback")
@@ -191,4 +192,4 @@ def cutover_command(migration_file: str, force: bool, reason: str | None) -> Non
 @reason_option
 def rollback_command(migration_file: str, force: bool, reason: str | None) -> None:
     """Record the rollback (cut_over -> rolled_back) once the old store has caught up."""
-    _report_move(_move(load_migration(migration_file), "rolled_back", force, reason))
+    _report_move(_move(load_direction(migration_file, False), "rolled_back", force, reason))

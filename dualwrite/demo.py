@@ -254,9 +254,15 @@ def _run(settings: DemoSettings, stack: DevStackSettings, say: Say) -> DemoResul
         with _step(result, say, "reconcile: the transform of the old store against the new"):
             _reconcile(config, transforms, source, target, out, result, say)
             _advance(target, config, "verified", _checks(config, source, target, "verified"))
+        with _step(result, say, "rollback path: reverse capture on the new tables, round trip"):
+            _prepare_reverse(config, source, target, say)
         with _step(result, say, "readiness: the cutover gates"):
             _readiness(config, source, target, out, result, say)
-        result.final_state = "verified"
+        with _step(result, say, "cutover: the new store takes the writes"):
+            _advance(target, config, "cut_over", _checks(config, source, target, "cut_over"))
+            say("   old-schema writers stopped and drained; state cut_over")
+        _rehearse_rollback(settings, config, source, target, out, result, say)
+        result.final_state = "rolled_back"
     finally:
         source.dispose()
         target.dispose()
@@ -388,6 +394,89 @@ def _reconcile(
             f"{label} found {outcome.status}: {outcome.counts}; see {out / f'{label}.md'}"
         )
     result.reconcile_status = outcome.status
+
+
+def _prepare_reverse(config: MigrationConfig, source: Engine, target: Engine, say: Say) -> None:
+    from dualwrite.reverse import install_reverse, record_round_trip, round_trip_check
+
+    installed = install_reverse(config, target)
+    say(f"   reverse capture installed on {len(installed)} new table(s)")
+    checked = round_trip_check(config, 1000, source=source, target=target)
+    record_round_trip(config, checked, target=target)
+    say(
+        f"   round trip (old row -> transform -> inverse): {checked.rows_checked:,} row(s), "
+        f"{len(checked.failures)} failure(s)"
+    )
+    if not checked.ok:
+        raise DemoError(f"the inverse transforms fail the round trip: {checked.failures[:3]}")
+
+
+# what "the new application" writes on the new schema during the rollback rehearsal
+NEW_APP_WRITES = (
+    f"UPDATE {TARGET_SCHEMA}.customers SET email = 'rollback-' || id || '@example.org', "
+    f"updated_at = now() WHERE id % 29 = 0 AND created_at IS NOT NULL",
+    f"UPDATE {TARGET_SCHEMA}.addresses SET city = 'Rollbackstadt' WHERE customer_id % 31 = 0",
+    f"INSERT INTO {TARGET_SCHEMA}.orders (id, customer_id, amount, currency, status, placed_at) "
+    f"SELECT m.id + g, g, 19.99, 'EUR', 'pending', now() "
+    f"FROM (SELECT max(id) AS id FROM {TARGET_SCHEMA}.orders) m, generate_series(1, 100) g",
+    f"UPDATE {TARGET_SCHEMA}.orders SET status = 'shipped' WHERE id % 41 = 0",
+    f"DELETE FROM {TARGET_SCHEMA}.orders WHERE id % 53 = 0",
+)
+
+
+def _rehearse_rollback(
+    settings: DemoSettings,
+    config: MigrationConfig,
+    source: Engine,
+    target: Engine,
+    out: Path,
+    result: DemoResult,
+    say: Say,
+) -> None:
+    from dualwrite.reverse import reverse_config
+
+    reverse = reverse_config(config)
+    rtransforms = load_transforms(reverse)
+    (out / "migration-reverse.md").write_text(
+        f"The rollback direction of `{config.name}` is `{reverse.name}`: run any command with "
+        "`--reverse` on migration.toml (e.g. `dualwrite status --reverse migration.toml`).\n"
+    )
+    with _step(result, say, "rollback rehearsal: old rows aligned with the inverse of the new"):
+        done = run_backfill(target, source, reverse, rtransforms)
+        say(f"   reverse backfill: {sum(t.rows for t in done):,} row(s)")
+    services = _Services(reverse, rtransforms, 1)
+    try:
+        with _step(result, say, "rollback rehearsal: writes on the new schema flow back"):
+            touched = 0
+            with target.begin() as conn:
+                for statement in NEW_APP_WRITES:
+                    touched += conn.execute(text(statement)).rowcount
+            say(f"   the new application wrote {touched:,} row(s) on {TARGET_SCHEMA}")
+            wait_caught_up(
+                reverse, target, source, settings.catch_up_timeout_s, say, services.check
+            )
+            with source.connect() as conn:
+                moved = conn.execute(
+                    text(
+                        f"SELECT count(*) FROM {SOURCE_SCHEMA}.customers "
+                        "WHERE email LIKE 'rollback-%'"
+                    )
+                ).scalar_one()
+            say(f"   {moved:,} customer email change(s) made on the new schema are in the old one")
+    finally:
+        services.close()
+    with _step(result, say, "reverse reconcile: the old store against the inverse of the new"):
+        _reconcile(reverse, rtransforms, target, source, out, result, say, "reverse-reconcile")
+        result.reverse_status = "clean"
+    with _step(result, say, "rollback: recorded once the old store has caught up"):
+        transition(
+            target,
+            config.name,
+            "rolled_back",
+            checks=_checks(config, source, target, "rolled_back"),
+            reason="demo rehearsal",
+        )
+        say("   state rolled_back: the old store is current; the application may return to it")
 
 
 def _readiness(

@@ -345,7 +345,57 @@ GATES: Final[Mapping[str, Callable[[MigrationConfig, Engine, Engine], Gate]]] = 
     "worker_lag": lambda c, s, t: worker_lag_gate(c, t),
     "dead_letters": lambda c, s, t: dead_letters_gate(c, t),
     "reconcile": lambda c, s, t: reconcile_gate(c, t),
+    "reverse_path": lambda c, s, t: reverse_path_gate(c, t),
 }
+
+
+def reverse_path_gate(config: MigrationConfig, target: Engine) -> Gate:
+    from dualwrite.reverse import last_round_trip, reverse_status
+
+    remedy = (
+        "run `dualwrite reverse install MIGRATION` (capture on the new tables) and "
+        "`dualwrite reverse check MIGRATION` (round trip of the inverse transforms)"
+    )
+    st = reverse_status(config, target)
+    rt = last_round_trip(config, target=target)
+    off = [t.source for t in st.tables if not (t.installed and t.trigger_enabled)]
+    evidence: dict[str, Any] = {
+        "reverse_capture_schema": st.schema,
+        "reverse_capture": {
+            t.source: {"installed": t.installed, "trigger_enabled": t.trigger_enabled}
+            for t in st.tables
+        },
+        "round_trip": None
+        if rt is None
+        else {
+            "checked_at": rt.checked_at.isoformat(),
+            "rows_checked": rt.rows_checked,
+            "failures": rt.failures,
+            "ok": rt.ok,
+        },
+    }
+    if off:
+        summary = f"reverse capture not installed on: {', '.join(off)}"
+    elif rt is None:
+        summary = "no round-trip check of the inverse transforms recorded"
+    elif not rt.ok:
+        summary = (
+            f"the last round-trip check ({rt.checked_at:%Y-%m-%d %H:%M:%S} UTC) failed on "
+            f"{rt.failures} of {rt.rows_checked} row(s)"
+        )
+    else:
+        summary = (
+            f"reverse capture on {len(st.tables)} new table(s); round trip ok on "
+            f"{rt.rows_checked:,} row(s) at {rt.checked_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    return Gate(
+        "reverse_path",
+        "Rollback path ready",
+        not off and rt is not None and rt.ok,
+        summary,
+        evidence,
+        remedy,
+    )
 
 
 TITLES: Final[Mapping[str, str]] = {
@@ -355,7 +405,11 @@ TITLES: Final[Mapping[str, str]] = {
     "worker_lag": "Worker lag",
     "dead_letters": "Dead letters",
     "reconcile": "Last reconcile clean and fresh",
+    "reverse_path": "Rollback path ready",
 }
+
+
+_UNKNOWN: Final = "fix what the error names (a service down, a missing table or inverse), then run readiness again"
 
 
 def _evaluate(name: str, config: MigrationConfig, source: Engine, target: Engine) -> Gate:
@@ -363,7 +417,9 @@ def _evaluate(name: str, config: MigrationConfig, source: Engine, target: Engine
     try:
         return GATES[name](config, source, target)
     except (DualwriteError, OSError) as exc:
-        return Gate(name, title, False, f"could not be evaluated: {exc}", {"error": str(exc)})
+        return Gate(
+            name, title, False, f"could not be evaluated: {exc}", {"error": str(exc)}, _UNKNOWN
+        )
     except Exception as exc:  # a database error names what is wrong; never report "ready"
         if type(exc).__module__.split(".")[0] in {"sqlalchemy", "psycopg", "kafka"}:
             return Gate(
@@ -372,6 +428,7 @@ def _evaluate(name: str, config: MigrationConfig, source: Engine, target: Engine
                 False,
                 f"could not be evaluated: {type(exc).__name__}: {exc}",
                 {"error": str(exc)},
+                _UNKNOWN,
             )
         raise
 
@@ -390,7 +447,10 @@ def evaluate_readiness(
     return ReadinessReport(
         config.name,
         _now(),
-        current_state(target, config.name),
+        # the state belongs to the forward migration, kept on its target
+        current_state(source, config.reverse_of.name)
+        if config.reverse_of
+        else current_state(target, config.name),
         tuple(_evaluate(n, config, source, target) for n in names),
     )
 
@@ -403,8 +463,10 @@ PRECONDITIONS: Final[Mapping[str, tuple[str, ...]]] = {
     "verified": ("backfill", "worker_lag", "dead_letters", "reconcile"),
     "cut_over": tuple(GATES),
     "complete": (),
-    "rolled_back": (),
+    "rolled_back": (),  # checked on the reverse direction, see gate_checks
 }
+# entering rolled_back: the reverse pipeline has delivered everything to the old store
+ROLLBACK_PRECONDITIONS: Final = ("relay_lag", "worker_lag", "dead_letters")
 
 
 def gate_checks(
@@ -413,6 +475,14 @@ def gate_checks(
     """The precondition checks of entering ``to_state``, for :func:`dualwrite.state.transition`."""
 
     def run() -> list[Check]:
+        if to_state == "rolled_back":
+            from dualwrite.reverse import reverse_config
+
+            # the reverse direction reads the new store (forward target) and writes the old
+            report = evaluate_readiness(
+                reverse_config(config), target, source, ROLLBACK_PRECONDITIONS
+            )
+            return [Check(f"reverse {g.name}", g.passed, g.summary) for g in report.gates]
         names = PRECONDITIONS.get(to_state, ())
         if not names:
             return []

@@ -28,6 +28,9 @@ def test_the_demo_migrates_live_reconciles_clean_and_is_ready(tmp_path: Path) ->
     assert summary["live_transactions"] > 0
     assert summary["reconcile_status"] == "clean"
     assert summary["ready"] is True
+    assert summary["reverse_status"] == "clean"
+    assert summary["final_state"] == "rolled_back"
+    assert (out / "reverse-reconcile-differences.jsonl").read_text() == ""
     readiness = json.loads((out / "readiness.json").read_text())
     assert readiness["ready"] is True and all(g["passed"] for g in readiness["gates"])
     assert "READY for cutover" in (out / "readiness.html").read_text()
@@ -40,10 +43,18 @@ def test_the_demo_migrates_live_reconciles_clean_and_is_ready(tmp_path: Path) ->
     config = load_migration(out / "migration.toml", env={})
     target = make_engine(config.target)
     try:
-        walked = [t.to_state for t in history(target, config.name)]
+        transitions = history(target, config.name)
+        walked = [t.to_state for t in transitions]
         state = current_state(target, config.name).state
     finally:
         target.dispose()
-    assert walked[:4] == ["capturing", "backfilling", "streaming", "verified"]
+    assert walked == [
+        "capturing",
+        "backfilling",
+        "streaming",
+        "verified",
+        "cut_over",
+        "rolled_back",
+    ]
     assert state == summary["final_state"]
-    assert not any(t.forced for t in history(make_engine(config.target), config.name))
+    assert not any(t.forced for t in transitions)

@@ -14,11 +14,23 @@ import pytest
 from dualwrite import load_migration
 from dualwrite.backfill import run_backfill
 from dualwrite.relay import run_relay
+from dualwrite.reverse import record_round_trip, round_trip_check
 from dualwrite.worker import run_worker
 from reconcile import reconcile, record_run
+from tests.reverse.conftest import Pair, make_pair, shop
 from tests.worker.conftest import Pipeline, merge_pipeline
 
-__all__ = ["Pipeline", "merge_pipeline", "pump", "ready_pipeline", "renamed"]
+__all__ = [
+    "Pair",
+    "Pipeline",
+    "make_pair",
+    "merge_pipeline",
+    "pump",
+    "ready_pipeline",
+    "ready_shop",
+    "renamed",
+    "shop",
+]
 
 
 def renamed(p: Pipeline) -> Pipeline:
@@ -47,3 +59,18 @@ def ready_pipeline(merge_pipeline: Pipeline) -> Iterator[Pipeline]:
     pump(p)
     record_run(p.target, reconcile(p.source, p.target, p.config, p.transforms, wait_s=10))
     yield p
+
+
+@pytest.fixture
+def ready_shop(shop: Pair) -> Pair:
+    """The shop example backfilled, streamed, reconciled clean, its reverse capture installed
+    and its inverse transforms round-trip checked: every gate, the rollback path's included,
+    passes."""
+    run_backfill(shop.source, shop.target, shop.config, shop.transforms)
+    shop.pump_forward()
+    record_run(
+        shop.target, reconcile(shop.source, shop.target, shop.config, shop.transforms, wait_s=10)
+    )
+    checked = round_trip_check(shop.config, 200, source=shop.source, target=shop.target)
+    record_round_trip(shop.config, checked, target=shop.target)
+    return shop

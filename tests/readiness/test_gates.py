@@ -18,14 +18,16 @@ from dualwrite import Thresholds, capture
 from dualwrite.backfill import run_backfill
 from dualwrite.dlq import redrive
 from dualwrite.relay import run_relay
+from dualwrite.reverse import record_round_trip, round_trip_check, uninstall_reverse
 from reconcile import evaluate_readiness, readiness_html, readiness_json, reconcile, record_run
 from reconcile.readiness import Gate
-from tests.readiness.conftest import Pipeline, pump, renamed
+from tests.conftest import REPO
+from tests.readiness.conftest import Pair, Pipeline, pump, renamed
 
 pytestmark = pytest.mark.integration
 
 
-def _gate(p: Pipeline, name: str) -> Gate:
+def _gate(p: Pipeline | Pair, name: str) -> Gate:
     report = evaluate_readiness(p.config, p.source, p.target, (name,))
     (gate,) = report.gates
     return gate
@@ -35,10 +37,10 @@ def _thresholds(p: Pipeline, **limits: float) -> Pipeline:
     return replace(p, config=replace(p.config, thresholds=replace(Thresholds(), **limits)))
 
 
-def test_a_synced_pipeline_is_ready_and_the_cli_says_so(
-    ready_pipeline: Pipeline, tmp_path: Path
+def test_a_synced_migration_with_its_rollback_path_is_ready_and_the_cli_says_so(
+    ready_shop: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    p = ready_pipeline
+    p = ready_shop
     report = evaluate_readiness(p.config, p.source, p.target)
     assert [g.name for g in report.gates] == [
         "capture",
@@ -47,9 +49,11 @@ def test_a_synced_pipeline_is_ready_and_the_cli_says_so(
         "worker_lag",
         "dead_letters",
         "reconcile",
+        "reverse_path",
     ]
     assert report.ready, [(g.name, g.summary) for g in report.failed]
     html_path, json_path = tmp_path / "r.html", tmp_path / "r.json"
+    monkeypatch.chdir(REPO)  # the transform module is imported relative to the working directory
     result = CliRunner().invoke(
         cli,
         ["readiness", p.config.path, "--html", str(html_path), "--json-file", str(json_path)],
@@ -162,6 +166,22 @@ def test_reconcile_gate_needs_a_clean_and_fresh_run(merge_pipeline: Pipeline) ->
     gate = _gate(p, "reconcile")
     assert not gate.passed and "drift" in gate.summary
     assert gate.evidence["counts"]["extra"] == 1
+
+
+def test_reverse_path_gate_needs_reverse_capture_and_a_passing_round_trip(shop: Pair) -> None:
+    p = shop
+    gate = _gate(p, "reverse_path")
+    assert not gate.passed and "no round-trip check" in gate.summary
+    checked = round_trip_check(p.config, 100, source=p.source, target=p.target)
+    record_round_trip(p.config, checked, target=p.target)
+    gate = _gate(p, "reverse_path")
+    assert gate.passed, gate.summary
+    assert gate.evidence["round_trip"]["rows_checked"] == checked.rows_checked > 0
+
+    uninstall_reverse(p.config, p.target, force=True)
+    gate = _gate(p, "reverse_path")
+    assert not gate.passed and "reverse capture not installed" in gate.summary
+    assert "reverse install" in gate.remedy
 
 
 def test_not_ready_report_exits_1_and_renders_each_failure(

@@ -4,6 +4,7 @@ reason and the failed checks; a state that moves under a transition refuses it."
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine
 
 from cli.main import cli
+from dualwrite.relay import run_relay
 from dualwrite.state import (
     Check,
     StateError,
@@ -19,7 +21,8 @@ from dualwrite.state import (
     history,
     transition,
 )
-from tests.readiness.conftest import Pipeline, renamed
+from tests.conftest import REPO
+from tests.readiness.conftest import Pair, Pipeline, renamed
 
 pytestmark = pytest.mark.integration
 
@@ -122,8 +125,11 @@ def test_cutover_is_refused_unless_ready_and_force_needs_a_reason(
     assert "cut_over" in shown.output and "FORCED: drill" in shown.output
 
 
-def test_cutover_is_accepted_when_every_gate_passes(ready_pipeline: Pipeline) -> None:
-    p = ready_pipeline
+def test_cutover_is_accepted_when_every_gate_passes_and_rollback_waits_for_the_reverse_path(
+    ready_shop: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = ready_shop
+    monkeypatch.chdir(REPO)  # the transform module is imported relative to the working directory
     _walk(p.target, p.config.name, "capturing", "backfilling", "streaming")
     runner = CliRunner()
     verified = runner.invoke(cli, ["state", "set", p.config.path, "verified"])
@@ -132,4 +138,20 @@ def test_cutover_is_accepted_when_every_gate_passes(ready_pipeline: Pipeline) ->
     assert result.exit_code == 0, result.output
     assert "verified -> cut_over" in result.output and "forced" not in result.output
     last = history(p.target, p.config.name)[-1]
-    assert not last.forced and {c.name for c in last.checks} >= {"backfill", "reconcile"}
+    assert not last.forced and {c.name for c in last.checks} >= {"backfill", "reverse_path"}
+
+    # the new application writes; the reverse pipeline has not delivered it to the old store
+    p.new_sql(
+        "UPDATE {d}.orders SET status = 'cancelled' WHERE id = (SELECT min(id) FROM {d}.orders)"
+    )
+    run_relay(p.target, p.reverse, until_idle=True, stop=threading.Event())
+    refused = runner.invoke(cli, ["rollback", p.config.path])
+    assert refused.exit_code == 1, refused.output
+    assert "FAIL  reverse worker_lag" in refused.output
+    assert current_state(p.target, p.config.name).state == "cut_over"
+
+    p.pump_reverse()
+    accepted = runner.invoke(cli, ["rollback", p.config.path, "--reason", "rehearsal"])
+    assert accepted.exit_code == 0, accepted.output
+    assert "cut_over -> rolled_back" in accepted.output
+    assert current_state(p.target, p.config.name).state == "rolled_back"
