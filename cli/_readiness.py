@@ -165,7 +165,7 @@ def state_show(migration_file: str, as_json: bool) -> None:
 
 @state_group.command("set")
 @migration_arg
-@click.argument("to_state", type=click.Choice(STATES))
+@click.argument("to_state", metavar="STATE", type=click.Choice(STATES))
 @force_option
 @reason_option
 def state_set(migration_file: str, to_state: str, force: bool, reason: str | None) -> None:
