@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 DW     := $(VENV)/bin/dualwrite
 
-.PHONY: help install demo test check lint typecheck pytest up down status bench clean
+.PHONY: help install chromium demo test check lint typecheck pytest up down status bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -16,13 +16,18 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-demo: install  ## start the local stack and prove it end to end (leaves it running)
-	$(DW) dev up
-	$(DW) config check examples/quickstart.toml
-	$(DW) dev smoke examples/quickstart.toml
+demo: install  ## the demo migration end to end (starts the local stack if needed, stops it after)
+	$(DW) demo $(DEMO_ARGS)
 
-test: install  ## lint, type-check and run the whole suite against real PostgreSQL and Kafka
+test: install chromium  ## lint, type-check and run the whole suite against real PostgreSQL and Kafka
 	$(DW) dev run -- $(MAKE) --no-print-directory check
+
+chromium:  ## Debian's chromium and chromedriver (the HTML report tests open pages in it)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing chromium and chromium-driver with apt-get"; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; }
 
 check: lint typecheck pytest  ## the checks alone (services must already be up and exported)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -15,8 +16,10 @@ from dualwrite.config import MigrationConfig
 from dualwrite.dlq import dead_letters, quarantined, redrive
 from dualwrite.lag import pipeline_status
 from dualwrite.metrics import MetricsServer
+from dualwrite.state import current_state
 from dualwrite.transform import Transforms, load_transforms
 from dualwrite.worker import WorkerSettings, run_worker, worker_metrics
+from reconcile import evaluate_readiness
 
 migration_arg = click.argument("migration_file", type=click.Path(dir_okay=False))
 
@@ -157,16 +160,33 @@ def dlq_redrive(migration_file: str, keys: tuple[str, ...], reverse: bool) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @reverse_option
 def status_command(migration_file: str, as_json: bool, reverse: bool) -> None:
-    """Pipeline lag: per partition (log end - committed) and end to end (now - last applied)."""
+    """The migration at a glance: its state, pipeline lag (per partition and end to end),
+    backfill progress and the last reconcile (with --reverse: of the rollback direction)."""
     config = load_direction(migration_file, reverse)
-    engine = make_engine(config.target)
+    forward = config.reverse_of or config
+    source, engine = make_engine(config.source), make_engine(config.target)
     try:
+        # the state belongs to the forward migration, kept on its target
+        state = current_state(source if config.reverse_of else engine, forward.name)
         st = pipeline_status(engine, config)
+        backfill, last_reconcile = evaluate_readiness(
+            config, source, engine, ("backfill", "reconcile")
+        ).gates
     finally:
+        source.dispose()
         engine.dispose()
     if as_json:
-        emit_json(st)
+        emit_json(
+            {
+                **dataclasses.asdict(st),
+                "state": state,
+                "backfill": backfill.evidence.get("tables", {}),
+                "last_reconcile": {"summary": last_reconcile.summary, **last_reconcile.evidence},
+            }
+        )
         return
+    since = f" since {state.since:%Y-%m-%d %H:%M:%S} UTC" if state.since else ""
+    out.print(f"migration {config.name}: state {state.state}{since}", markup=False)
     for p in st.partitions:
         committed = "-" if p.committed is None else str(p.committed)
         out.print(
@@ -179,3 +199,7 @@ def status_command(migration_file: str, as_json: bool, reverse: bool) -> None:
             f"{s.source}: applied up to version {s.version}, end-to-end lag {age}", markup=False
         )
     out.print(f"quarantined keys: {st.quarantined}")
+    for table, t in backfill.evidence.get("tables", {}).items():
+        done = f"finished {t['finished_at']}" if t["finished_at"] else "not finished"
+        out.print(f"backfill {table}: {t['rows_done']:,} rows, {done}", markup=False)
+    out.print(f"last reconcile: {last_reconcile.summary}", markup=False)

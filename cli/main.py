@@ -14,8 +14,10 @@ import click
 from cli._backfill import backfill_command
 from cli._capture import capture_group, relay_command, tail_command
 from cli._config import config_group
+from cli._demo import demo_command
 from cli._dev import dev_group
 from cli._output import err
+from cli._readiness import cutover_command, readiness_command, rollback_command, state_group
 from cli._reconcile import reconcile_command
 from cli._reverse import reverse_group
 from cli._worker import dlq_group, status_command, worker_command
@@ -53,6 +55,7 @@ def cli(verbose: int) -> None:
         logging.getLogger(service).setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
 
 
+cli.add_command(demo_command)
 cli.add_command(dev_group)
 cli.add_command(config_group)
 cli.add_command(capture_group)
@@ -63,6 +66,10 @@ cli.add_command(dlq_group)
 cli.add_command(status_command)
 cli.add_command(backfill_command)
 cli.add_command(reconcile_command)
+cli.add_command(readiness_command)
+cli.add_command(state_group)
+cli.add_command(cutover_command)
+cli.add_command(rollback_command)
 cli.add_command(reverse_group)
 
 

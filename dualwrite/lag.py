@@ -46,7 +46,8 @@ class PipelineStatus:
 
 
 def pipeline_status(engine: Engine, config: MigrationConfig) -> PipelineStatus:
-    """Read the worker group's lag from Kafka and the applied positions from the target."""
+    """Read the worker group's lag from Kafka and the applied positions from the target, for
+    this migration's source tables (a target may be shared by several migrations)."""
     ensure_worker_tables(engine)
     offsets = group_lag(
         config.kafka.bootstrap_servers, consumer_group(config), config.changes_topic
@@ -54,18 +55,23 @@ def pipeline_status(engine: Engine, config: MigrationConfig) -> PipelineStatus:
     partitions = tuple(
         PartitionLag(p, end, committed) for p, (end, committed) in sorted(offsets.items())
     )
+    labels = [str(t.source) for t in config.tables]
     raw: Any = engine.raw_connection()
     try:
         with raw.cursor() as cur:
             cur.execute(
                 "SELECT source_table, version, source_ts, extract(epoch FROM now() - source_ts) "
-                "FROM dualwrite.source_positions ORDER BY source_table"
+                "FROM dualwrite.source_positions WHERE source_table = ANY(%s) ORDER BY source_table",
+                (labels,),
             )
             sources = tuple(
                 SourceLag(r[0], int(r[1]), r[2], None if r[3] is None else float(r[3]))
                 for r in cur.fetchall()
             )
-            cur.execute("SELECT count(*) FROM dualwrite.quarantine")
+            cur.execute(
+                "SELECT count(*) FROM dualwrite.quarantine WHERE split_part(msg_key, ':', 1) = ANY(%s)",
+                (labels,),
+            )
             row = cur.fetchone()
     finally:
         raw.close()
