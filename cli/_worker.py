@@ -11,7 +11,7 @@ import click
 from cli._direction import load_direction, reverse_option
 from cli._output import emit_json, out
 from cli._signals import stop_on_signals
-from dualwrite import load_migration, make_engine
+from dualwrite import make_engine
 from dualwrite.config import MigrationConfig
 from dualwrite.dlq import dead_letters, quarantined, redrive
 from dualwrite.lag import pipeline_status
@@ -90,9 +90,10 @@ def dlq_group() -> None:
 @dlq_group.command("list")
 @migration_arg
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def dlq_list(migration_file: str, as_json: bool) -> None:
+@reverse_option
+def dlq_list(migration_file: str, as_json: bool, reverse: bool) -> None:
     """List quarantined keys (exit 1 when there are any)."""
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, reverse)
     engine = make_engine(config.target)
     try:
         keys = quarantined(engine)
@@ -115,9 +116,10 @@ def dlq_list(migration_file: str, as_json: bool) -> None:
 @dlq_group.command("show")
 @migration_arg
 @click.argument("key")
-def dlq_show(migration_file: str, key: str) -> None:
+@reverse_option
+def dlq_show(migration_file: str, key: str, reverse: bool) -> None:
     """Show the dead letters of one message KEY (e.g. 'public.orders:[42]')."""
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, reverse)
     letters = dead_letters(config, key)
     for d in letters:
         out.print(
@@ -133,9 +135,10 @@ def dlq_show(migration_file: str, key: str) -> None:
 @dlq_group.command("redrive")
 @migration_arg
 @click.argument("keys", nargs=-1)
-def dlq_redrive(migration_file: str, keys: tuple[str, ...]) -> None:
+@reverse_option
+def dlq_redrive(migration_file: str, keys: tuple[str, ...], reverse: bool) -> None:
     """Re-process quarantined KEYS (default: all) through the version guard."""
-    config = load_migration(migration_file)
+    config = load_direction(migration_file, reverse)
     transforms = _transforms(config)
     engine = make_engine(config.target)
     try:

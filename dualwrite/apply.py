@@ -97,6 +97,7 @@ class Applier:
         self.conn = conn
         self.transforms = transforms
         self._targets: dict[QualifiedName, _TargetInfo] = {}
+        self._orders: dict[tuple[QualifiedName, ...], list[QualifiedName]] = {}
 
     def apply(
         self,
@@ -139,10 +140,50 @@ class Applier:
             op = newest[ident]
             by_target[op.target].append(op)
         applied = 0
-        for target, target_ops in by_target.items():
-            spec = spec_of[str(target)]
-            applied += self._write(target, spec, target_ops)
+        # Foreign keys between target tables (the old schema, in the rollback direction):
+        # deletes child tables first, upserts parent tables first.
+        order = self._parents_first(sorted(by_target, key=str))
+        for target in reversed(order):
+            deletes = [op for op in by_target[target] if op.is_delete]
+            if deletes:
+                applied += self._write(target, spec_of[str(target)], deletes)
+        for target in order:
+            upserts = [op for op in by_target[target] if not op.is_delete]
+            if upserts:
+                applied += self._write(target, spec_of[str(target)], upserts)
         return ApplyResult(applied, len(ops) - applied)
+
+    def _parents_first(self, targets: list[QualifiedName]) -> list[QualifiedName]:
+        """``targets`` with every table after the tables its foreign keys reference (name
+        order otherwise, and for the tables of a reference cycle). Cached per table set."""
+        ident = tuple(targets)
+        cached = self._orders.get(ident)
+        if cached is not None:
+            return cached
+        names = [
+            sql.SQL("{}.{}")
+            .format(sql.Identifier(t.schema), sql.Identifier(t.name))
+            .as_string(None)
+            for t in targets
+        ]
+        edges = self.conn.execute(
+            "WITH t AS (SELECT i, to_regclass(n) AS oid FROM unnest(%s::text[]) WITH ORDINALITY "
+            "AS u(n, i)) SELECT child.i, parent.i FROM pg_constraint c "
+            "JOIN t AS child ON child.oid = c.conrelid JOIN t AS parent ON parent.oid = c.confrelid "
+            "WHERE c.contype = 'f' AND c.conrelid <> c.confrelid",
+            (names,),
+        ).fetchall()
+        parents: dict[QualifiedName, set[QualifiedName]] = {t: set() for t in targets}
+        for child, parent in edges:
+            parents[targets[child - 1]].add(targets[parent - 1])
+        order: list[QualifiedName] = []
+        while parents:
+            ready = [t for t in targets if t in parents and not parents[t] - set(order)]
+            step = ready[:1] or [next(t for t in targets if t in parents)]  # a cycle: name order
+            order.append(step[0])
+            del parents[step[0]]
+        self._orders[ident] = order
+        return order
 
     def _claim(self, newest: Mapping[tuple[str, str, str], TargetOp]) -> set[tuple[str, str, str]]:
         # Temp tables are created inside the batch transaction on purpose: if it rolls back,
@@ -265,12 +306,6 @@ class Applier:
                 "SELECT 1 FROM {t} AS t JOIN {s} AS s ON {m} ORDER BY {o} FOR UPDATE OF t"
             ).format(t=table, s=stage, m=match, o=key_order)
         )
-        sets = sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in owned)
-        self.conn.execute(
-            sql.SQL("UPDATE {t} AS t SET {sets} FROM {s} AS s WHERE {m}").format(
-                t=table, sets=sets, s=stage, m=match
-            )
-        )
         alive = {
             row[0]
             for row in self.conn.execute(
@@ -279,13 +314,24 @@ class Applier:
                 (str(spec.table), [op.key_text for op in group], source),
             )
         }
+        # Rows that go are deleted without clearing their columns first (a NOT NULL owned
+        # column, as in an old schema, would refuse the NULL); the rest lose this owner's columns.
+        info = self._info(spec.table)
         gone = [op.key for op in group if op.key_text not in alive]
         if gone:
-            info = self._info(spec.table)
             dead = self._stage(spec.table, info, list(spec.key), gone)
             self.conn.execute(
                 sql.SQL("DELETE FROM {t} AS t USING {s} AS s WHERE {m}").format(
                     t=table, s=dead, m=match
+                )
+            )
+        kept = [op.key for op in group if op.key_text in alive]
+        if kept:
+            live = self._stage(spec.table, info, list(spec.key), kept)
+            sets = sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in owned)
+            self.conn.execute(
+                sql.SQL("UPDATE {t} AS t SET {sets} FROM {s} AS s WHERE {m}").format(
+                    t=table, sets=sets, s=live, m=match
                 )
             )
 
