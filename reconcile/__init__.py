@@ -1,24 +1,76 @@
 """reconcile: prove the new store holds what the old one says it should.
 
 A transform-aware diff of both stores with canonical per-type comparison, in-flight
-re-checks, reports and run history. Readiness lands here too (issue 7).
+re-checks, reports (JSON, Markdown, self-contained HTML) and run history, and repair through
+the normal pipeline. Readiness lands here too (issue 7).
 """
 
 from reconcile._canonical import NORMALISERS, canonical, encode_row
 from reconcile._compare import CATEGORIES, Difference, ReconcileResult, TableSummary, reconcile
-from reconcile._report import record_run, summary_line, to_json, to_markdown, write_artifact
+from reconcile._errors import ReconcileError, RepairError
+from reconcile._html import (
+    ChartPoint,
+    Html,
+    badge,
+    escape,
+    render_page,
+    svg_history_chart,
+    table_html,
+)
+from reconcile._repair import (
+    REPAIRABLE,
+    RepairEntry,
+    RepairProgress,
+    RepairResult,
+    SavedReport,
+    load_report,
+    repair,
+)
+from reconcile._report import (
+    RunRecord,
+    TableRun,
+    ensure_history,
+    read_history,
+    record_run,
+    summary_line,
+    to_html,
+    to_json,
+    to_markdown,
+    write_artifact,
+)
 
 __all__ = [
     "CATEGORIES",
     "NORMALISERS",
+    "REPAIRABLE",
+    "ChartPoint",
     "Difference",
+    "Html",
+    "ReconcileError",
     "ReconcileResult",
+    "RepairEntry",
+    "RepairError",
+    "RepairProgress",
+    "RepairResult",
+    "RunRecord",
+    "SavedReport",
+    "TableRun",
     "TableSummary",
+    "badge",
     "canonical",
     "encode_row",
+    "ensure_history",
+    "escape",
+    "load_report",
+    "read_history",
     "reconcile",
     "record_run",
+    "render_page",
+    "repair",
     "summary_line",
+    "svg_history_chart",
+    "table_html",
+    "to_html",
     "to_json",
     "to_markdown",
     "write_artifact",
