@@ -470,27 +470,28 @@ def _send_batch(
 def _wait_for_writers(
     src: psycopg.Connection[Any], lock_wait_s: float, stop: threading.Event
 ) -> None:
-    """Step 2: wait until every transaction in progress now (other than ours) has ended."""
-    row = src.execute("SELECT pg_current_snapshot()::text").fetchone()
-    assert row is not None
-    snapshot = row[0]
-    pending = (
-        "SELECT x::text FROM unnest(pg_snapshot_xip(%s::pg_snapshot)) AS x "
-        "WHERE x <> pg_current_xact_id() AND pg_xact_status(x) = 'in progress'"
+    """Step 2: wait until every other transaction that holds a transaction id now has ended.
+
+    The list comes from the transaction-id locks every such transaction holds (``pg_locks``),
+    not from ``pg_current_snapshot()``: a snapshot's in-progress list omits transactions at
+    or above its ``xmax``, which is only the latest *completed* id plus one.
+    """
+    holders = (
+        "SELECT transactionid::text, pid FROM pg_locks WHERE locktype = 'transactionid' "
+        "AND mode = 'ExclusiveLock' AND granted AND pid IS DISTINCT FROM pg_backend_pid()"
     )
+    first = src.execute(holders).fetchall()
+    xids = [r[0] for r in first]
+    if not xids:
+        return
+    still = holders + " AND transactionid::text = ANY(%s)"
     deadline = time.monotonic() + lock_wait_s
     pause = 0.005
     while True:
-        waiting = [r[0] for r in src.execute(pending, (snapshot,))]
+        waiting = src.execute(still, (xids,)).fetchall()
         if not waiting:
             return
         if time.monotonic() >= deadline or stop.is_set():
-            pids = {
-                str(r[0]): r[1]
-                for r in src.execute(
-                    "SELECT backend_xid::text, pid FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
-                )
-            }
-            raise _WaitTimedOut([(x, pids.get(str(int(x) % 2**32))) for x in waiting])
+            raise _WaitTimedOut([(r[0], r[1]) for r in waiting])
         time.sleep(pause)
         pause = min(pause * 2, 0.2)
