@@ -38,7 +38,7 @@ from dualwrite.capture._ddl import (
 )
 from dualwrite.config import MigrationConfig
 from dualwrite.snapshot import connect
-from dualwrite.transform import Transforms
+from dualwrite.transform import SourceTransform, Transforms
 from reconcile._compare import Difference
 from reconcile._errors import RepairError
 
@@ -224,17 +224,37 @@ def _plan(
     by_label = {source_label(t.source): t for t in config.tables}
     plan = _Plan(shapes={})
     problems: list[str] = []
+    feeders_of: dict[str, list[SourceTransform]] = {}
     for label, table in by_label.items():
         row = _registry_row(src, config.capture.schema, label)
         if row is not None:
             plan.shapes[label] = TableShape(table.source, int(row[0]), tuple(row[1]), dict(row[2]))
+    for label, st in list(transforms.sources.items()):
+        shape = plan.shapes.get(label)
+        if shape is not None and label in transforms.renamers and not all(st.targets.values()):
+            # a declared transform learns its key mapping from the first change it sees
+            transforms._learn_key(st, dict.fromkeys(shape.key))
     for d in differences:
         if d.category not in REPAIRABLE:
             plan.skipped[d.category] = plan.skipped.get(d.category, 0) + 1
             continue
-        feeders = [st for st in transforms.sources.values() if d.target in st.targets]
-        if d.target not in transforms.targets or not feeders:
+        feeders = feeders_of.get(d.target)
+        if feeders is None:
+            feeders = [st for st in transforms.sources.values() if d.target in st.targets]
+            feeders_of[d.target] = feeders
+        spec = transforms.targets.get(d.target)
+        if spec is None or not feeders:
             problems.append(f"{d.target} {d.key}: no such target table in this migration")
+            continue
+        try:
+            values = json.loads(d.key)
+        except ValueError:
+            values = None
+        if not isinstance(values, list) or len(values) != len(spec.key) or not spec.key:
+            problems.append(
+                f"{d.target} {d.key}: not a key of {d.target} (a JSON array of "
+                f"{', '.join(spec.key) or 'its key columns'})"
+            )
             continue
         for st in feeders:
             shape = plan.shapes.get(st.source)
@@ -244,21 +264,7 @@ def _plan(
                     "(repair sends through the changelog; run `dualwrite capture install`)"
                 )
                 continue
-            if not st.targets[d.target] and st.source in transforms.renamers:
-                # a declared transform learns its key mapping from the first change it sees
-                st = transforms._learn_key(st, dict.fromkeys(shape.key))
-            spec = transforms.targets[d.target]
             mapping = st.targets[d.target]
-            try:
-                values = json.loads(d.key)
-            except ValueError:
-                values = None
-            if not isinstance(values, list) or len(values) != len(spec.key) or not spec.key:
-                problems.append(
-                    f"{d.target} {d.key}: not a key of {d.target} (a JSON array of "
-                    f"{', '.join(spec.key) or 'its key columns'})"
-                )
-                break
             source_key = {mapping[c]: v for c, v in zip(spec.key, values, strict=True)}
             if set(source_key) != set(shape.key):
                 problems.append(

@@ -244,3 +244,55 @@ def test_a_long_transaction_makes_the_repair_incomplete_and_sends_nothing(
     # person 1's batch (a snapshot image: nothing to wait for) was sent; profile 1's batch
     # (a delete image, which must wait) rolled back
     assert [(r[1].split(".")[-1], r[2]) for r in _changelog(p)] == [("person", "R")]
+
+
+def test_repair_of_a_declared_transform_learns_its_key_mapping(
+    source_engine: Any,
+    target_engine: Any,
+    source_schema: str,
+    target_schema: str,
+    make_config: Any,
+    tmp_path: Path,
+) -> None:
+    """A migration-file table without a declared key: the fresh registry of `dualwrite
+    repair` has not seen a change yet, so it must learn the key mapping from the source."""
+    with source_engine.begin() as conn:
+        conn.execute(text(f'CREATE TABLE "{source_schema}".item (id int PRIMARY KEY, v text)'))
+        conn.execute(
+            text(
+                f"INSERT INTO \"{source_schema}\".item SELECT g, 'v' || g FROM generate_series(1, 50) g"
+            )
+        )
+    with target_engine.begin() as conn:
+        conn.execute(text(f'CREATE TABLE "{target_schema}".item (id int PRIMARY KEY, v text)'))
+        conn.execute(
+            text(
+                f"INSERT INTO \"{target_schema}\".item SELECT g, 'v' || g FROM generate_series(1, 50) g"
+            )
+        )
+        conn.execute(text(f'DELETE FROM "{target_schema}".item WHERE id = 7'))
+        conn.execute(text(f"UPDATE \"{target_schema}\".item SET v = 'bad' WHERE id = 8"))
+    from dualwrite import capture
+    from dualwrite.transform import load_transforms
+
+    config = make_config(
+        [{"source": f"{source_schema}.item", "target": f"{target_schema}.item"}],
+        idle_poll_ms=10,
+        topic_partitions=2,
+    )
+    capture.install(source_engine, config)
+    p = Pipeline(
+        config, load_transforms(config), source_schema, target_schema, source_engine, target_engine
+    )
+    unique_name(p)
+    artifact = tmp_path / "drift.jsonl"
+    out = CliRunner().invoke(
+        cli, ["reconcile", p.config.path, "--wait-s", "5", "--artifact", str(artifact)]
+    )
+    assert out.exit_code == 1, out.output
+    out = CliRunner().invoke(cli, ["repair", p.config.path, str(artifact)])
+    assert out.exit_code == 0, out.output
+    assert "2 snapshot(s)" in out.output
+    p.transforms = load_transforms(p.config)
+    pump(p)
+    assert p.target_rows("item")[6:8] == [(7, "v7"), (8, "v8")]
