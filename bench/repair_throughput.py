@@ -75,7 +75,7 @@ def main() -> int:
                 f'CREATE TABLE "{schema}".t (id int PRIMARY KEY, v text, amount numeric(12,2), ts timestamptz)'
             )
             conn.execute(
-                f"INSERT INTO \"{schema}\".t SELECT g, md5(g::text), g / 7.0, "
+                f'INSERT INTO "{schema}".t SELECT g, md5(g::text), g / 7.0, '
                 f"timestamptz '2024-01-01' + g * interval '1 s' FROM generate_series(1, {args.rows}) g"
             )
             conn.execute(f'VACUUM ANALYZE "{schema}".t')
@@ -129,7 +129,14 @@ def main() -> int:
                 assert r.deletes == args.keys and count() == args.keys, r
                 clear()
                 with stopwatch() as t:
-                    repair(engine, config, transforms, mismatch, batch_keys=args.batch_keys, dry_run=True)
+                    repair(
+                        engine,
+                        config,
+                        transforms,
+                        mismatch,
+                        batch_keys=args.batch_keys,
+                        dry_run=True,
+                    )
                 times["repair --dry-run"].append(t[0])
         finally:
             capture.uninstall(engine, config, force=True)
