@@ -102,6 +102,13 @@ def _on_repair(bars: Progress) -> Callable[[RepairProgress], None]:
     show_default=True,
     help="With --repair: keys per source transaction.",
 )
+@click.option(
+    "--lock-wait-s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="With --repair: how long a batch with absent keys waits for concurrent source transactions.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress; print only the one-line summary.")
 def reconcile_command(
@@ -113,6 +120,7 @@ def reconcile_command(
     chunk_rows: int,
     do_repair: bool,
     batch_keys: int,
+    lock_wait_s: float,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -151,6 +159,7 @@ def reconcile_command(
                     transforms,
                     result.differences,
                     batch_keys=batch_keys,
+                    lock_wait_s=lock_wait_s,
                     progress=_on_repair(bars),
                     stop=stop,
                 )

@@ -198,7 +198,7 @@ def _short_number(value: float) -> str:
         return str(value)
     if value == int(value):
         return f"{int(value):,}"
-    return f"{value:,.2f}"
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 _CSS = """
