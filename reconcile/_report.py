@@ -209,7 +209,14 @@ def ensure_history(conn: psycopg.Connection[Any]) -> None:
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('dualwrite.reconcile_runs'))")
-        conn.execute(HISTORY_DDL)
+        found = conn.execute(
+            "SELECT to_regclass('dualwrite.reconcile_runs'), "
+            "to_regclass('dualwrite.reconcile_runs_by_migration')"
+        ).fetchone()
+        if found is None or found[0] is None or found[1] is None:
+            conn.execute(
+                HISTORY_DDL
+            )  # CREATE INDEX IF NOT EXISTS locks the table: only when needed
         present = {
             r[0]
             for r in conn.execute(

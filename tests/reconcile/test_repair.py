@@ -296,3 +296,83 @@ def test_repair_of_a_declared_transform_learns_its_key_mapping(
     p.transforms = load_transforms(p.config)
     pump(p)
     assert p.target_rows("item")[6:8] == [(7, "v7"), (8, "v8")]
+
+
+def test_repair_racing_writers_through_a_running_pipeline_converges(
+    merge_pipeline: Pipeline,
+) -> None:
+    """The relay and a worker run throughout; writers change, delete and re-insert the very
+    keys being repaired while the repair runs. Once the pipeline caught up: no drift."""
+    from dualwrite.relay import run_relay
+    from dualwrite.worker import run_worker
+
+    p = merge_pipeline
+    unique_name(p)
+    seed(p)
+    person, address = f'"{p.dst}".person', f'"{p.dst}".address'
+    drifted = list(range(1, 61))
+    with p.target.begin() as conn:  # every third key missing, extra or mismatched
+        conn.execute(text(f"DELETE FROM {person} WHERE id % 3 = 0 AND id <= 60"))
+        conn.execute(text(f"UPDATE {person} SET name = 'WRONG' WHERE id % 3 = 1 AND id <= 60"))
+        conn.execute(
+            text(f"UPDATE {address} SET city = 'WRONG' WHERE person_id % 3 = 2 AND person_id <= 60")
+        )
+        conn.execute(
+            text(
+                f"INSERT INTO {person} SELECT g, 'ghost', NULL, NULL FROM generate_series(301, 330) g"
+            )
+        )
+    result = reconcile(p.source, p.target, p.config, p.transforms, wait_s=5)
+    assert result.counts["missing"] == 20 and result.counts["extra"] == 30
+
+    stop = threading.Event()
+    relay = threading.Thread(target=run_relay, args=(p.source, p.config), kwargs={"stop": stop})
+    worker = threading.Thread(
+        target=run_worker, args=(p.target, p.config, p.transforms), kwargs={"stop": stop}
+    )
+    relay.start()
+    worker.start()
+    writing = threading.Event()
+
+    def writer() -> None:
+        import random
+
+        rng = random.Random(7)
+        n = 0
+        while not writing.is_set() or n < 200:
+            n += 1
+            i = rng.choice([*drifted, *range(301, 331)])
+            r = rng.random()
+            if r < 0.4:
+                p.source_sql(
+                    "INSERT INTO {s}.person VALUES (:i, :n, NULL, 'w') ON CONFLICT (id) DO UPDATE SET name = :n",
+                    i=i,
+                    n=f"w{n}",
+                )
+            elif r < 0.6:
+                p.source_sql(
+                    "INSERT INTO {s}.profile VALUES (:i, :t) ON CONFLICT (person_id) DO UPDATE SET tier = :t",
+                    i=i,
+                    t=f"u{n}",
+                )
+            elif r < 0.8:
+                p.source_sql("DELETE FROM {s}.person WHERE id = :i", i=i)
+            else:
+                p.source_sql("DELETE FROM {s}.profile WHERE person_id = :i", i=i)
+
+    writer_thread = threading.Thread(target=writer)
+    writer_thread.start()
+    try:
+        for _ in range(3):  # repairs overlap the writes
+            done = repair(p.source, p.config, p.transforms, result.differences, batch_keys=7)
+            assert done.complete, done.detail
+        writing.set()
+        writer_thread.join()
+        final = reconcile(p.source, p.target, p.config, p.transforms, wait_s=60)
+    finally:
+        writing.set()
+        writer_thread.join()
+        stop.set()
+        relay.join()
+        worker.join()
+    assert final.status == "clean", [d for d in final.differences if d.category != "in_flight"][:5]
