@@ -401,7 +401,7 @@ def repair(
             statements = _Statements(config.capture.schema, plan.shapes[label])
             for start in range(0, len(entries), batch_keys):
                 if stop.is_set():
-                    complete, detail = False, "stopped by a signal"
+                    complete, detail = False, "stopped before every batch was sent"
                     break
                 batch = entries[start : start + batch_keys]
                 try:
@@ -409,13 +409,17 @@ def repair(
                 except _WaitTimedOut as exc:
                     complete = False
                     detail = (
-                        f"waited {lock_wait_s:g} s for transaction(s) in progress on the source "
-                        "(a writer could be inserting a key the repair would delete): "
-                        + ", ".join(
-                            f"xid {x}" + (f" (backend pid {p})" if p else "")
-                            for x, p in exc.blockers[:5]
+                        "stopped while waiting; this batch was rolled back"
+                        if stop.is_set()
+                        else (
+                            f"waited {lock_wait_s:g} s for transaction(s) in progress on the source "
+                            "(a writer could be inserting a key the repair would delete): "
+                            + ", ".join(
+                                f"xid {x}" + (f" (backend pid {p})" if p else "")
+                                for x, p in exc.blockers[:5]
+                            )
+                            + "; this batch was rolled back, nothing of it was sent"
                         )
-                        + "; this batch was rolled back, nothing of it was sent"
                     )
                     break
                 batches += 0 if dry_run else 1
