@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import click
 
@@ -18,25 +19,35 @@ from cli._demo import demo_command
 from cli._dev import dev_group
 from cli._output import err
 from cli._readiness import cutover_command, readiness_command, rollback_command, state_group
-from cli._reconcile import reconcile_command
+from cli._reconcile import reconcile_command, repair_command
 from cli._reverse import reverse_group
 from cli._worker import dlq_group, status_command, worker_command
 from dualwrite import __version__
 from dualwrite.errors import DualwriteError
+from dualwrite.redaction import redact_text
 
 EXIT_OK = 0
 EXIT_ERROR = 2
 
 
 class _Group(click.Group):
-    """Maps expected library errors to one clear message and exit code 2."""
+    """Maps expected library errors to one clear message and exit code 2, and anything
+    unexpected (a bug, a database error no library call anticipated) to exit 2 with its
+    traceback: exit 1 means drift or not ready, so a crash must never look like it."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except DualwriteError as exc:
             err.print("[bold red]error:[/]", end=" ")
             err.print(str(exc), markup=False)
+            sys.exit(EXIT_ERROR)
+        except Exception as exc:
+            err.print(redact_text(traceback.format_exc()), markup=False)
+            err.print("[bold red]unexpected error:[/]", end=" ")
+            err.print(redact_text(f"{type(exc).__name__}: {exc}".strip()), markup=False)
             sys.exit(EXIT_ERROR)
 
 
@@ -66,6 +77,7 @@ cli.add_command(dlq_group)
 cli.add_command(status_command)
 cli.add_command(backfill_command)
 cli.add_command(reconcile_command)
+cli.add_command(repair_command)
 cli.add_command(readiness_command)
 cli.add_command(state_group)
 cli.add_command(cutover_command)

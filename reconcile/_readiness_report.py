@@ -4,10 +4,10 @@ the lines of the terminal summary. Rendering never re-evaluates a gate."""
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 from typing import Any
 
+from reconcile._html import badge, escape, render_page
 from reconcile.readiness import SCHEMA_VERSION, Gate, ReadinessReport
 
 
@@ -93,53 +93,33 @@ def readiness_markdown(report: ReadinessReport) -> str:
     return "\n".join(out)
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:70rem;
-color:#1b1f24;padding:0 1rem}
-h1{font-size:1.5rem}.verdict{padding:.8rem 1rem;border-radius:6px;font-weight:600}
-.ready{background:#dafbe1;color:#116329}.notready{background:#ffebe9;color:#a40e26}
-table{border-collapse:collapse;width:100%;margin:1rem 0}th,td{border:1px solid #d0d7de;
-padding:.4rem .6rem;text-align:left;vertical-align:top}th{background:#f6f8fa}
-td.pass{color:#116329;font-weight:600}td.fail{color:#a40e26;font-weight:600}
-pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;font-size:.85rem}
-details{margin:.4rem 0}.meta{color:#57606a}
-"""
-
-
 def _gate_row(g: Gate) -> str:
-    e = html.escape
-    status = '<td class="pass">pass</td>' if g.passed else '<td class="fail">FAIL</td>'
+    result = badge("ok" if g.passed else "fail")
     return (
-        f'<tr id="gate-{e(g.name)}"><td>{e(g.title)}</td>{status}<td>{e(g.summary)}</td>'
-        f"<td>{'' if g.passed else e(g.remedy)}</td></tr>"
+        f'<tr id="gate-{escape(g.name)}"><td>{escape(g.title)}</td><td>{result}</td>'
+        f"<td>{escape(g.summary)}</td><td>{'' if g.passed else escape(g.remedy)}</td></tr>"
     )
 
 
 def readiness_html(report: ReadinessReport) -> str:
-    """A self-contained page (inline CSS, no script, no external asset)."""
-    e = html.escape
-    cls = "ready" if report.ready else "notready"
-    rows = "\n".join(_gate_row(g) for g in report.gates)
-    evidence = "\n".join(
-        f"<details><summary>{e(g.title)}</summary><pre>"
-        f"{e(json.dumps(_jsonable(dict(g.evidence)), indent=2, sort_keys=True))}</pre></details>"
+    """A self-contained page (the reconcile report's kit: inline CSS, no script)."""
+    rows = "".join(_gate_row(g) for g in report.gates)
+    evidence = "".join(
+        f'<details><summary>{escape(g.title)}</summary><pre class="mono">'
+        f"{escape(json.dumps(_jsonable(dict(g.evidence)), indent=2, sort_keys=True))}</pre>"
+        "</details>"
         for g in report.gates
     )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Cutover readiness: {e(report.migration)}</title><style>{_CSS}</style></head>
-<body>
-<h1>Cutover readiness: {e(report.migration)}</h1>
-<p id="verdict" class="verdict {cls}">{e(verdict(report))}</p>
-<p class="meta">State <code>{e(report.state.state)}</code> &middot; generated
-{e(report.generated_at.strftime("%Y-%m-%d %H:%M:%S"))} UTC &middot; report schema
-v{SCHEMA_VERSION}</p>
-<table id="gates"><thead><tr><th>Gate</th><th>Result</th><th>Evidence</th><th>What to do</th></tr>
-</thead><tbody>
-{rows}
-</tbody></table>
-<h2>Evidence</h2>
-{evidence}
-</body></html>
-"""
+    body = (
+        f'<p id="verdict" class="summary">{badge("ready" if report.ready else "not_ready")} '
+        f"{escape(verdict(report))}</p>"
+        '<table id="gates"><thead><tr><th>Gate</th><th>Result</th><th>Evidence</th>'
+        f"<th>What to do</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"<h2>Evidence</h2>{evidence}"
+    )
+    return render_page(
+        f"Cutover readiness: {report.migration}",
+        body,
+        subtitle=f"state {report.state.state} · generated "
+        f"{report.generated_at:%Y-%m-%d %H:%M:%S} UTC · report schema v{SCHEMA_VERSION}",
+    )

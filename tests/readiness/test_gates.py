@@ -196,7 +196,7 @@ def test_not_ready_report_exits_1_and_renders_each_failure(
     assert all(g["remedy"] for g in doc["gates"] if not g["passed"])
     report = evaluate_readiness(p.config, p.source, p.target)
     page = readiness_html(report)
-    assert "NOT READY" in page and page.count('class="fail"') == len(report.failed)
+    assert "NOT READY" in page and page.count(">FAIL</span>") == len(report.failed)
     assert readiness_json(report)["ready"] is False
 
 

@@ -40,7 +40,7 @@ def test_ready_page_renders_the_verdict_and_gates_without_console_errors(tmp_pat
     rendered, ids = render(page)
     assert rendered.title == "Cutover readiness: shop"
     assert "READY for cutover: all 2 gates pass" in ids["verdict"]
-    assert "Backfill complete" in ids["gate-backfill"] and "pass" in ids["gate-backfill"]
+    assert "Backfill complete" in ids["gate-backfill"] and "OK" in ids["gate-backfill"]
     assert rendered.console_errors == []
 
 
