@@ -97,7 +97,7 @@ class Applier:
         self.conn = conn
         self.transforms = transforms
         self._targets: dict[QualifiedName, _TargetInfo] = {}
-        self._orders: dict[tuple[QualifiedName, ...], list[QualifiedName]] = {}
+        self._orders: dict[tuple[QualifiedName, ...], list[QualifiedName] | None] = {}
 
     def apply(
         self,
@@ -140,9 +140,14 @@ class Applier:
             op = newest[ident]
             by_target[op.target].append(op)
         applied = 0
+        targets = sorted(by_target, key=str)
+        order = self._parents_first(targets)
+        if order is None:  # no foreign keys between them: one table after the other
+            for target in targets:
+                applied += self._write(target, spec_of[str(target)], by_target[target])
+            return ApplyResult(applied, len(ops) - applied)
         # Foreign keys between target tables (the old schema, in the rollback direction):
         # deletes child tables first, upserts parent tables first.
-        order = self._parents_first(sorted(by_target, key=str))
         for target in reversed(order):
             deletes = [op for op in by_target[target] if op.is_delete]
             if deletes:
@@ -153,13 +158,13 @@ class Applier:
                 applied += self._write(target, spec_of[str(target)], upserts)
         return ApplyResult(applied, len(ops) - applied)
 
-    def _parents_first(self, targets: list[QualifiedName]) -> list[QualifiedName]:
+    def _parents_first(self, targets: list[QualifiedName]) -> list[QualifiedName] | None:
         """``targets`` with every table after the tables its foreign keys reference (name
-        order otherwise, and for the tables of a reference cycle). Cached per table set."""
+        order otherwise, and for the tables of a reference cycle); None when no foreign key
+        links them. Cached per table set."""
         ident = tuple(targets)
-        cached = self._orders.get(ident)
-        if cached is not None:
-            return cached
+        if ident in self._orders:
+            return self._orders[ident]
         names = [
             sql.SQL("{}.{}")
             .format(sql.Identifier(t.schema), sql.Identifier(t.name))
@@ -173,6 +178,9 @@ class Applier:
             "WHERE c.contype = 'f' AND c.conrelid <> c.confrelid",
             (names,),
         ).fetchall()
+        if not edges:
+            self._orders[ident] = None
+            return None
         parents: dict[QualifiedName, set[QualifiedName]] = {t: set() for t in targets}
         for child, parent in edges:
             parents[targets[child - 1]].add(targets[parent - 1])
