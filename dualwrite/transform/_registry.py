@@ -62,6 +62,9 @@ class Transforms:
         self.targets: dict[str, TargetSpec] = {}
         self.inverses: dict[str, RowFunction] = {}
         self.renamers: dict[str, Callable[[str], str]] = {}  # declared sources: key inference
+        self.sql_forms: dict[
+            str, dict[str, dict[str, str]]
+        ] = {}  # source -> target -> column -> SQL
         self._lock = threading.Lock()
 
     def target(
@@ -99,6 +102,14 @@ class Transforms:
             return function
 
         return register
+
+    def sql_form(self, source: str, target: str, columns: Mapping[str, str]) -> None:
+        """Declare the SQL form of ``source``'s transform into ``target`` for reconcile:
+        ``{target column: SQL expression over the source table's columns}``, one entry per
+        column the Python function produces. Reconcile then checksums the table inside both
+        databases; it checks the SQL form against the Python function on a sample of rows
+        first and ignores it (comparing in Python) when they disagree."""
+        self.sql_forms.setdefault(_name(source), {})[_name(target)] = dict(columns)
 
     # --- use ---------------------------------------------------------------------------
 
@@ -229,6 +240,7 @@ def load_transforms(config: MigrationConfig) -> Transforms:
         transforms.sources.update(found.sources)
         transforms.targets.update(found.targets)
         transforms.inverses.update(found.inverses)
+        transforms.sql_forms.update(found.sql_forms)
     for table in config.tables:
         if str(table.source) not in transforms.sources:
             _declare(transforms, table)
