@@ -140,6 +140,7 @@ def reconcile(
             )
         candidates: list[Difference] = []
         counts: dict[str, tuple[int, int]] = {}
+        methods = {n: ("segments" if n in plans else "stream") for n in names}
         for f in futures:
             diffs, table_counts = f.result()
             candidates.extend(diffs)
@@ -168,6 +169,7 @@ def reconcile(
             counts.get(name, (0, 0))[0],
             counts.get(name, (0, 0))[1],
             by_target.get(name, dict.fromkeys(CATEGORIES, 0)),
+            methods[name],
         )
         for name in names
     )

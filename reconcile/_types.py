@@ -28,6 +28,7 @@ class TableSummary:
     expected_rows: int
     target_rows: int
     counts: Mapping[str, int]
+    method: str = ""  # "segments" (checksums in both databases) or "stream" (in Python)
 
 
 @dataclass(frozen=True)
