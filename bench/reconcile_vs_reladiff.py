@@ -37,7 +37,7 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchlib import emit_json, libpq_url, machine_info, print_table  # noqa: E402
+from _benchlib import emit_json, libpq_url, machine_info, print_table
 
 DB_A, DB_B = "dw_bench_reconcile_a", "dw_bench_reconcile_b"
 BERLIN = "Europe/Berlin"
@@ -48,7 +48,7 @@ SAME = {
     "fill": "INSERT INTO {t} SELECT g, (g * 7919) % 100000, ((g * 31) % 1000000) / 100.0, "
     "(ARRAY['new','paid','shipped','cancelled'])[1 + g % 4], 'user' || g || '@example.com', "
     "timestamptz '2024-01-01 00:00:00+00' + g * interval '17 second', g % 3 = 0 "
-    "FROM generate_series({lo}, {hi}) g",
+    "FROM generate_series({lo}::bigint, {hi}) g",
     "columns": ["customer_id", "amount", "status", "email", "created_at", "flag"],
     "touch": "status",
 }
@@ -58,7 +58,7 @@ LEGACY = {
     "fill": "INSERT INTO {t} SELECT g, (g * 7919) % 100000, (g * 31) % 1000000, "
     "(ARRAY['new','paid','shipped','cancelled'])[1 + g % 4], 'User' || g || '@Example.com', "
     "timestamp '2024-01-01 00:00:00' + g * interval '17 second', 'note ' || g "
-    "FROM generate_series({lo}, {hi}) g",
+    "FROM generate_series({lo}::bigint, {hi}) g",
 }
 NEW = {
     "ddl": "CREATE TABLE {t} (id bigint PRIMARY KEY, customer_id integer NOT NULL, "
@@ -66,7 +66,7 @@ NEW = {
     "fill": "INSERT INTO {t} SELECT g, (g * 7919) % 100000, ((g * 31) % 1000000) / 100.0, "
     "(ARRAY['new','paid','shipped','cancelled'])[1 + g % 4], lower('User' || g || '@Example.com'), "
     f"(timestamp '2024-01-01 00:00:00' + g * interval '17 second') AT TIME ZONE '{BERLIN}', 'EUR' "
-    "FROM generate_series({lo}, {hi}) g",
+    "FROM generate_series({lo}::bigint, {hi}) g",
     "columns": ["customer_id", "amount", "status", "email", "placed_at_utc", "currency"],
     "touch": "status",
 }
@@ -109,7 +109,9 @@ def seed_drift(url: str, table: str, touch: str, ids: list[int], rows: int) -> d
     gone = ids[n - deletes - inserts : n - inserts]
     with psycopg.connect(url) as conn:
         conn.execute(f"UPDATE {table} SET {touch} = {touch} || '~' WHERE id = ANY(%s)", (updates,))
-        conn.execute(f"CREATE TABLE IF NOT EXISTS drift_saved AS SELECT * FROM {table} WITH NO DATA")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS drift_saved AS SELECT * FROM {table} WITH NO DATA"
+        )
         conn.execute(f"INSERT INTO drift_saved SELECT * FROM {table} WHERE id = ANY(%s)", (gone,))
         conn.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", (gone,))
         others = conn.execute(
@@ -140,10 +142,13 @@ def copy_floor(url_a: str, table_a: str, url_b: str, table_b: str) -> tuple[floa
     """Seconds to COPY both tables out to nowhere: one after the other, and both at once."""
 
     def read(url: str, table: str) -> None:
-        with psycopg.connect(url) as conn, conn.cursor() as cur:
-            with cur.copy(f"COPY (SELECT * FROM {table}) TO STDOUT") as copy:
-                for _ in copy:
-                    pass
+        with (
+            psycopg.connect(url) as conn,
+            conn.cursor() as cur,
+            cur.copy(f"COPY (SELECT * FROM {table}) TO STDOUT") as copy,
+        ):
+            for _ in copy:
+                pass
 
     t0 = time.perf_counter()
     read(url_a, table_a)
@@ -161,7 +166,9 @@ def run_ours(config: Path, workers: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = subprocess.run(
         [sys.executable, __file__, "--child", str(config), "--workers", str(workers)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["wall_s"] = time.perf_counter() - t0
@@ -191,9 +198,24 @@ def child(config_path: str, workers: int) -> None:
     )
 
 
-def run_reladiff(url_a: str, table_a: str, url_b: str, table_b: str, columns: list[str], threads: int) -> dict[str, Any]:
+def run_reladiff(
+    url_a: str, table_a: str, url_b: str, table_b: str, columns: list[str], threads: int
+) -> dict[str, Any]:
     reladiff = Path(sys.executable).with_name("reladiff")
-    argv = [str(reladiff), url_a, table_a, url_b, table_b, "-k", "id", "-a", "hashdiff", "-s", "-j", str(threads)]
+    argv = [
+        str(reladiff),
+        url_a,
+        table_a,
+        url_b,
+        table_b,
+        "-k",
+        "id",
+        "-a",
+        "hashdiff",
+        "-s",
+        "-j",
+        str(threads),
+    ]
     for c in columns:
         argv += ["-c", c]
     t0 = time.perf_counter()
@@ -208,11 +230,18 @@ def run_reladiff(url_a: str, table_a: str, url_b: str, table_b: str, columns: li
     ):
         m = re.search(pattern, text)
         found[label] = int(m.group(1)) if m else None
-    return {"wall_s": wall, "found": found, "returncode": out.returncode, "tail": text.strip().splitlines()[-8:]}
+    return {
+        "wall_s": wall,
+        "found": found,
+        "returncode": out.returncode,
+        "tail": text.strip().splitlines()[-8:],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--reladiff-threads", type=int, default=4)
@@ -247,7 +276,13 @@ def main() -> None:
                 load(url_b, "orders_new", NEW, args.rows)
                 with psycopg.connect(url_a, autocommit=True) as conn:
                     conn.execute(VIEW)
-                a_table, b_table, view, spec, extra = "legacy_orders", "orders_new", "legacy_orders_v", NEW, DECLARED
+                a_table, b_table, view, spec, extra = (
+                    "legacy_orders",
+                    "orders_new",
+                    "legacy_orders_v",
+                    NEW,
+                    DECLARED,
+                )
             load_s = time.perf_counter() - t0
             config = tmp / f"{case}.toml"
             config.write_text(
@@ -267,29 +302,55 @@ def main() -> None:
                 seeded = seed_drift(url_b, b_table, spec["touch"], ids, args.rows)
                 floor_seq, floor_par = copy_floor(url_a, a_table, url_b, b_table)
                 ours = run_ours(config, args.workers)
-                theirs = None if args.skip_reladiff else run_reladiff(
-                    url_a, view, url_b, b_table, spec["columns"], args.reladiff_threads
+                theirs = (
+                    None
+                    if args.skip_reladiff
+                    else run_reladiff(
+                        url_a, view, url_b, b_table, spec["columns"], args.reladiff_threads
+                    )
                 )
                 undo_drift(url_b, b_table, spec["touch"], args.rows)
                 found = ours["counts"]
                 ok = (found["mismatch"], found["missing"], found["extra"]) == (
-                    seeded["mismatch"], seeded["missing"], seeded["extra"]
+                    seeded["mismatch"],
+                    seeded["missing"],
+                    seeded["extra"],
                 )
                 rd = theirs["wall_s"] if theirs else None
-                rows_out.append([
-                    case, drift, ours["wall_s"], rd, floor_seq, floor_par,
-                    None if rd is None else rd / ours["wall_s"],
-                    ours["wall_s"] / floor_par, ours["wall_s"] / floor_seq,
-                    ours["maxrss_mib"], "yes" if ok else f"NO {found}",
-                    None if theirs is None else json.dumps(theirs["found"]),
-                ])
-                payload["results"].append({
-                    "case": case, "drift": drift, "seeded": seeded, "load_s": load_s, "ours": ours,
-                    "reladiff": theirs, "copy_sequential_s": floor_seq, "copy_parallel_s": floor_par,
-                })
-                print(f"# {case} {drift}: ours {ours['wall_s']:.2f}s ({ours['methods']}), reladiff "
-                      f"{rd if rd is None else round(rd, 2)}s, COPY {floor_seq:.2f}/{floor_par:.2f}s, "
-                      f"RSS {ours['maxrss_mib']:.0f} MiB, exact={ok}", flush=True)
+                rows_out.append(
+                    [
+                        case,
+                        drift,
+                        ours["wall_s"],
+                        rd,
+                        floor_seq,
+                        floor_par,
+                        None if rd is None else rd / ours["wall_s"],
+                        ours["wall_s"] / floor_par,
+                        ours["wall_s"] / floor_seq,
+                        ours["maxrss_mib"],
+                        "yes" if ok else f"NO {found}",
+                        None if theirs is None else json.dumps(theirs["found"]),
+                    ]
+                )
+                payload["results"].append(
+                    {
+                        "case": case,
+                        "drift": drift,
+                        "seeded": seeded,
+                        "load_s": load_s,
+                        "ours": ours,
+                        "reladiff": theirs,
+                        "copy_sequential_s": floor_seq,
+                        "copy_parallel_s": floor_par,
+                    }
+                )
+                print(
+                    f"# {case} {drift}: ours {ours['wall_s']:.2f}s ({ours['methods']}), reladiff "
+                    f"{rd if rd is None else round(rd, 2)}s, COPY {floor_seq:.2f}/{floor_par:.2f}s, "
+                    f"RSS {ours['maxrss_mib']:.0f} MiB, exact={ok}",
+                    flush=True,
+                )
     finally:
         if not args.keep:
             for db in (DB_A, DB_B):
@@ -297,8 +358,20 @@ def main() -> None:
     print_table(
         f"reconcile vs reladiff 0.6.0 (hashdiff) vs COPY floor, {args.rows:,} rows, "
         f"workers {args.workers}, reladiff -j {args.reladiff_threads}",
-        ["case", "drift", "ours s", "reladiff s", "COPY seq s", "COPY par s", "reladiff/ours",
-         "ours/COPY par", "ours/COPY seq", "ours peak RSS MiB", "ours exact", "reladiff found"],
+        [
+            "case",
+            "drift",
+            "ours s",
+            "reladiff s",
+            "COPY seq s",
+            "COPY par s",
+            "reladiff/ours",
+            "ours/COPY par",
+            "ours/COPY seq",
+            "ours peak RSS MiB",
+            "ours exact",
+            "reladiff found",
+        ],
         rows_out,
     )
     if args.json:

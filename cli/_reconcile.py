@@ -11,7 +11,15 @@ import click
 from cli._output import err, out
 from cli._worker import _transforms
 from dualwrite import load_migration, make_engine
-from reconcile import reconcile, record_run, summary_line, to_json, to_markdown, write_artifact
+from reconcile import (
+    DEFAULT_WORKERS,
+    reconcile,
+    record_run,
+    summary_line,
+    to_json,
+    to_markdown,
+    write_artifact,
+)
 
 EXIT = {"clean": 0, "drift": 1, "incomplete": 3}
 
@@ -38,6 +46,13 @@ EXIT = {"clean": 0, "drift": 1, "incomplete": 3}
     help="How long to wait for the pipeline to catch up before re-checking differences.",
 )
 @click.option("--chunk-rows", type=click.IntRange(1, 1_000_000), default=5000, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    help="Threads comparing tables and segments at once (each with its own connections).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 def reconcile_command(
     migration_file: str,
@@ -45,6 +60,7 @@ def reconcile_command(
     markdown: Path | None,
     wait_s: float,
     chunk_rows: int,
+    workers: int,
     as_json: bool,
 ) -> None:
     """Compare the transform of the source with the target and report every difference.
@@ -64,6 +80,7 @@ def reconcile_command(
             transforms,
             chunk_rows=chunk_rows,
             wait_s=wait_s,
+            workers=workers,
             progress=None
             if as_json
             else lambda table, rows: err.print(f"[dim]{table}: {rows:,} rows read[/]"),

@@ -31,29 +31,53 @@ SOURCE_DDL = """CREATE TABLE {s}.items (id bigint PRIMARY KEY, name text, email 
 TARGET_DDL = """CREATE TABLE {s}.items (id bigint PRIMARY KEY, title varchar(60), email text,
  cents numeric(14,2), price numeric, ratio double precision, seen timestamptz, local_ts timestamptz,
  doc jsonb, blob bytea, tags text[], code char(4), origin text)"""
-SOURCE_COLUMNS = ("id", "name", "email", "cents", "price", "ratio", "seen", "local_ts", "doc", "blob", "tags", "code", "note")
+SOURCE_COLUMNS = (
+    "id",
+    "name",
+    "email",
+    "cents",
+    "price",
+    "ratio",
+    "seen",
+    "local_ts",
+    "doc",
+    "blob",
+    "tags",
+    "code",
+    "note",
+)
 
 EXPECTED = {
     ("[10]", "missing"),
     ("[20]", "missing"),
     ("[100001]", "extra"),
-    *{
-        (f"[{i}]", "mismatch")
-        for i in (30, 40, 41, 50, 60, 70, 72, 80, 90, 95, 96, 98, 99)
-    },
+    *{(f"[{i}]", "mismatch") for i in (30, 40, 41, 50, 60, 70, 72, 80, 90, 95, 96, 98, 99)},
 }
 
 
 def _source_row(i: int) -> tuple[Any, ...]:
-    name = {41: "NULL", 96: "Ame\u0301lie"}.get(i, f"name {i}, \"quoted\"")
+    name = {41: "NULL", 96: "Ame\u0301lie"}.get(i, f'name {i}, "quoted"')
     email = None if i == 40 else (f"ÉMILE{i}@X" if i % 7 == 0 else f"User{i}@X")
     ratio = {60: float("nan"), 61: 0.0, 62: float("nan")}.get(i, i / 8)
     seen = dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=i * 7919, microseconds=i)
     local = dt.datetime(2024, 3, 31, 0, 0) + dt.timedelta(minutes=i)  # crosses the DST jump
     doc = {"b": i, "a": [1, {"x": "y,z"}], "n": None}
     tags = ["a,b"] if i == 95 else ["t", str(i), ""]
-    return (i, name, email, i * 137, Decimal(i) / 10 + Decimal("0.100"), ratio, seen, local,
-            Jsonb(doc), bytes([i % 256, 0, 255]), tags, "ab", "dropped")
+    return (
+        i,
+        name,
+        email,
+        i * 137,
+        Decimal(i) / 10 + Decimal("0.100"),
+        ratio,
+        seen,
+        local,
+        Jsonb(doc),
+        bytes([i % 256, 0, 255]),
+        tags,
+        "ab",
+        "dropped",
+    )
 
 
 def _drift(conn: psycopg.Connection[Any], s: str) -> None:
@@ -83,7 +107,11 @@ def _drift(conn: psycopg.Connection[Any], s: str) -> None:
 
 @pytest.fixture
 def declared(
-    source_engine: Engine, target_engine: Engine, source_schema: str, target_schema: str, make_config: Any
+    source_engine: Engine,
+    target_engine: Engine,
+    source_schema: str,
+    target_schema: str,
+    make_config: Any,
 ) -> tuple[Any, Transforms]:
     with source_engine.begin() as c:
         c.execute(text(SOURCE_DDL.format(s=f'"{source_schema}"')))
@@ -123,7 +151,11 @@ def declared(
             (op,) = transforms.apply(label, "read", {"id": row["id"]}, row, 0)
             assert op.values is not None
             values = dict(op.values)
-            values["doc"] = Jsonb(json.loads(values["doc"])) if isinstance(values["doc"], str) else Jsonb(values["doc"])
+            values["doc"] = (
+                Jsonb(json.loads(values["doc"]))
+                if isinstance(values["doc"], str)
+                else Jsonb(values["doc"])
+            )
             if columns is None:
                 columns = list(values)
                 copy_sql = f'COPY "{target_schema}".items ({", ".join(columns)}) FROM STDIN'
@@ -152,7 +184,9 @@ def test_segment_checksums_find_seeded_drift_exactly(
     declared: tuple[Any, Transforms], source_engine: Engine, target_engine: Engine, tuning: Tuning
 ) -> None:
     config, transforms = declared
-    result = reconcile(source_engine, target_engine, config, transforms, wait_s=5, tuning=tuning, workers=3)
+    result = reconcile(
+        source_engine, target_engine, config, transforms, wait_s=5, tuning=tuning, workers=3
+    )
     assert [t.method for t in result.tables] == ["segments"]
     assert _found(result) == EXPECTED
     by_key = {d.key: d for d in result.differences}
@@ -167,7 +201,14 @@ def test_streaming_comparison_finds_the_same_drift_with_spilled_partitions(
 ) -> None:
     config, transforms = declared
     result = reconcile(
-        source_engine, target_engine, config, transforms, wait_s=5, segments=False, bucket_rows=400, chunk_rows=250
+        source_engine,
+        target_engine,
+        config,
+        transforms,
+        wait_s=5,
+        segments=False,
+        bucket_rows=400,
+        chunk_rows=250,
     )
     assert [t.method for t in result.tables] == ["stream"]
     assert _found(result) == EXPECTED
