@@ -170,6 +170,8 @@ def run_ours(config: Path, workers: int) -> dict[str, Any]:
         text=True,
         check=True,
     )
+    if os.environ.get("BENCH_DEBUG"):
+        sys.stderr.write(out.stderr)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["wall_s"] = time.perf_counter() - t0
     return result
@@ -182,6 +184,13 @@ def child(config_path: str, workers: int) -> None:
     from dualwrite.transform import load_transforms
     from reconcile import reconcile
 
+    if os.environ.get("BENCH_DEBUG"):
+        import logging
+
+        logging.basicConfig(
+            level=logging.DEBUG, format="%(relativeCreated)6.0f %(name)s %(message)s"
+        )
+        logging.getLogger("kafka").setLevel(logging.WARNING)
     config = load_migration(config_path)
     source, target = make_engine(config.source), make_engine(config.target)
     result = reconcile(source, target, config, load_transforms(config), workers=workers, wait_s=30)

@@ -107,7 +107,9 @@ def reconcile(
         )
         with targets.get() as dst:
             types = {name: target_types(dst, transforms.targets[name].table) for name in names}
+        t0 = time.perf_counter()
         plans = _plans(sources, targets, config, transforms, shapes, types) if segments else {}
+        log.debug("plans checked in %.2f s", time.perf_counter() - t0)
         futures: list[Future[tuple[list[Difference], dict[str, tuple[int, int]]]]] = []
         for name, plan in plans.items():
             futures.append(
@@ -145,6 +147,7 @@ def reconcile(
             diffs, table_counts = f.result()
             candidates.extend(diffs)
             counts.update(table_counts)
+        log.debug("compared in %.2f s: %d candidates", time.perf_counter() - t0, len(candidates))
         final = [d for d in candidates if d.category == "transform_error"]
         recheck = [d for d in candidates if d.category != "transform_error"]
         caught_up = True
@@ -155,6 +158,7 @@ def reconcile(
                 )
             with sources.get() as src, targets.get() as dst:
                 final.extend(_recheck(src, dst, transforms, shapes, types, recheck, caught_up))
+            log.debug("re-checked in %.2f s", time.perf_counter() - t0)
     finally:
         tables.shutdown(wait=True, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)
@@ -226,10 +230,14 @@ def _segment_table(
         len(stats.candidates),
     )
     keys: list[Key] = list(dict.fromkeys(stats.candidates))
+    t0 = time.perf_counter()
     with sources.get() as src, targets.get() as dst:
         diffs = evaluate(
             src, dst, transforms, {plan.label: plan.source}, plan.target, plan.key, keys, types
         )
+    log.debug(
+        "%s: %d candidates evaluated in %.2f s", plan.target, len(keys), time.perf_counter() - t0
+    )
     if progress is not None:
         progress(plan.target, stats.source_rows)
     return diffs, {plan.target: (stats.source_rows, stats.target_rows)}

@@ -21,8 +21,10 @@ Memory: one level's checksums (at most ``max_segments`` entries) and one leaf ra
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -33,6 +35,9 @@ from psycopg import sql
 
 from reconcile._session import Sessions
 from reconcile._sqlcanon import SqlPlan
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
 
 Bound = tuple[str, ...]  # a key as the text of each key column
 Key = tuple[Any, ...]
@@ -59,6 +64,7 @@ class Tuning:
     fanout: int = 16
     many: float = 0.5  # fraction of differing pieces above which descent stops
     batch_rows: int = 50_000  # rows per leaf query when adjacent leaves are fetched together
+    probes: int = 16  # segments checksummed first to guess whether most differ
 
 
 def _col(name: str) -> sql.Composable:
@@ -124,9 +130,9 @@ def _bounds(
     sample: sql.Composable = sql.SQL("")
     per_piece = max(1, rows // pieces)
     if lo is None and hi is None and rows > 200_000:
-        # a block sample of ~8 keys per piece: cheap, and uneven pieces only cost a descent
+        # a row sample of ~8 keys per piece (uneven pieces would only cost a descent)
         percent = min(100.0, 100.0 * 8 * pieces / rows)
-        sample = sql.SQL("TABLESAMPLE SYSTEM ({})").format(sql.Literal(percent))
+        sample = sql.SQL("TABLESAMPLE BERNOULLI ({})").format(sql.Literal(percent))
         per_piece = 8
     query = sql.SQL(
         "SELECT {texts} FROM (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS rn "
@@ -190,10 +196,12 @@ def _leaf(
         table=plan.table(side),
         range=_range(plan, side, lo, hi),
     )
-    with conn.cursor() as cur:
+    with conn.cursor(binary=True) as cur:
         cur.execute(query)
         rows = cur.fetchall()
     conn.commit()
+    if len(cols) == 1:
+        return {(k,): h for k, h in rows}
     return {tuple(r[:-1]): r[-1] for r in rows}
 
 
@@ -214,6 +222,7 @@ class SegmentDiff:
         self.tuning = tuning
         self.stats = SegmentStats()
         self._lock = threading.Lock()
+        self._counting_rows = False  # rows are counted by the leaves when no checksums ran
 
     def _on(self, side: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self._sessions[side].get() as conn:
@@ -234,16 +243,54 @@ class SegmentDiff:
         )
         pieces = min(tuning.max_segments, max(1, math.ceil(rows / tuning.leaf_rows)))
         side = "target"
+        t0 = time.perf_counter()
         bounds = self._on(side, lambda c: _bounds(c, plan, side, pieces, rows, None, None))
+        self.stats.segments = len(bounds) + 1
+        if self._mostly_differing(bounds):
+            # checksumming every segment would only confirm it: merge (key, hash) pairs at once
+            each = math.ceil(rows / self.stats.segments)
+            guess = {i: (each, 0) for i in range(self.stats.segments)}
+            self.stats.differing = len(guess)
+            self._counting_rows = True
+            self._descend_all(bounds, None, None, guess, guess, sorted(guess))
+            log.debug("%s: most segments differ: merged (key, hash) pairs", plan.target)
+            return self.stats
+        t1 = time.perf_counter()
         src, dst = self._both(lambda c, s: _checksums(c, plan, s, bounds, None, None))
-        self.stats.queries += 3
+        log.debug(
+            "%s: %d boundaries and probes in %.2f s, checksums in %.2f s",
+            plan.target,
+            len(bounds),
+            t1 - t0,
+            time.perf_counter() - t1,
+        )
+        self._count(queries=3)
         self.stats.source_rows = sum(n for n, _ in src.values())
         self.stats.target_rows = sum(n for n, _ in dst.values())
-        self.stats.segments = len(bounds) + 1
         differing = self._differing(src, dst)
         self.stats.differing = len(differing)
         self._descend_all(bounds, None, None, src, dst, differing)
         return self.stats
+
+    def _mostly_differing(self, bounds: Sequence[Bound]) -> bool:
+        """Checksum ``probes`` segments spread over the key space first; True when more than
+        ``many`` of them differ (e.g. 1% of all rows changed, scattered), so that the
+        checksums of all segments would not spare fetching (key, hash) pairs of most rows."""
+        pieces = len(bounds) + 1
+        probes = self.tuning.probes
+        if probes < 1 or pieces < 4 * probes:
+            return False
+        plan = self.plan
+        spread = sorted({(2 * k + 1) * (pieces - 2) // (2 * probes) + 1 for k in range(probes)})
+        ranges = [(bounds[i - 1], bounds[i]) for i in spread]
+
+        def sums(conn: psycopg.Connection[Any], side: str) -> list[Checksums]:
+            return [_checksums(conn, plan, side, (), lo, hi) for lo, hi in ranges]
+
+        src, dst = self._both(sums)
+        self._count(queries=2 * len(ranges))
+        differing = sum(1 for a, b in zip(src, dst, strict=True) if a != b)
+        return differing > self.tuning.many * len(ranges)
 
     @staticmethod
     def _differing(src: Checksums, dst: Checksums) -> list[int]:
@@ -319,6 +366,10 @@ class SegmentDiff:
         dst = self._on("target", lambda c: _leaf(c, plan, "target", lo, hi))
         changed = {k for k, _ in src.items() ^ dst.items()}
         self._count(queries=2, fetched=len(src) + len(dst), candidates=changed)
+        if self._counting_rows:
+            with self._lock:
+                self.stats.source_rows += len(src)
+                self.stats.target_rows += len(dst)
 
     def _count(
         self, queries: int = 0, fetched: int = 0, candidates: set[Key] | None = None
