@@ -1,35 +1,35 @@
-"""The canonical comparison computed inside PostgreSQL: a row token per row, equal on both
-sides exactly when Python's canonical comparison calls the rows equal.
+"""The canonical comparison computed inside PostgreSQL: a 64-bit row hash per row, equal on
+both sides when Python's canonical comparison calls the rows equal, and different (but for a
+2**-64 accident) when it does not.
 
-Each compared column contributes a *token* to the row's text, built so that the row text is an
-unambiguous (prefix-free) encoding of the column values under the canonical rules of
-:mod:`reconcile._canonical`:
+The row hash is ``hash_record_extended(ROW(item, ...), 0)``: PostgreSQL combines each item's
+own extended hash function, which is consistent with the item type's equality operator. So
+the whole question is which items to hash, per column and per pair of (source, target)
+types, such that the *database's* equality of the items is exactly Python's canonical
+equality (:mod:`reconcile._canonical`):
 
-- scalars (numbers, boolean, uuid, date, timestamps, bytea) are their text under reconcile's
-  pinned session settings (UTC, ISO dates, shortest exact floats, hex bytea) followed by
-  ``,``; NULL is the empty text, so ``,`` alone. None of these texts is empty or holds ``,``;
-- strings (text, varchar, char, json/jsonb, arrays) are ``<byte length>:<text>``; NULL is
-  ``:`` alone (a length never starts with ``:``), so separators or NULL markers inside values
-  cannot collide with anything;
-- numbers are normalised as Python normalises them: ``trim_scale`` unless both sides have the
-  very same declared type (then the text is already canonical), floats' ``-0`` as ``0``,
-  mixed number types through ``numeric``; ``char(n)`` without pad; json through ``jsonb``.
+- numbers: ``numeric`` and the integer types hash by value (``1.10 = 1.1``; int2/int4/int8
+  hash alike); floats likewise (``-0 = 0``, ``NaN = NaN``); mixed number types, and any float
+  meeting another type, go through ``numeric`` from their shortest exact text;
+- text and varchar with the byte-wise ``"C"`` collation (never a case-insensitive one);
+  ``char(n)`` as ``bpchar``, whose equality ignores pad spaces; json/jsonb as the ``jsonb``
+  text (not ``jsonb =``, which would call ``1.0`` and ``1`` equal inside JSON);
+- booleans, uuids, dates, timestamps (UTC instants for timestamptz), bytea: their own
+  equality; arrays: element-wise, plus ``array_dims`` (the array hash ignores the shape).
 
-The row's checksum is ``hashtextextended`` (64 bits) of the concatenated tokens. Where SQL
-would normalise differently from Python only for some values (``numeric[]`` scale inside
-arrays, ``-0`` inside float arrays, jsonb's JSON null), the tokens differ for Python-equal
-values: that only makes the row a candidate, which Python then clears. The converse never
-happens: different canonical values always give different tokens.
+Where SQL normalises differently from Python only for some values (array lower bounds, jsonb's
+JSON null vs SQL NULL), equal values hash differently: the row merely becomes a candidate that
+Python clears. The converse does not happen: different canonical values give different items.
 
-A plan (:class:`SqlPlan`) says how to compute the tokens on both sides of one target table:
-on the target from its own columns, on the source through the SQL form of the transform:
+A plan (:class:`SqlPlan`) says how to compute the items on both sides of one target table: on
+the target from its own columns, on the source through the SQL form of the transform:
 identity, rename, drop and constants exactly; declared conversions through SQL equivalents
 (:data:`CONVERTER_SQL`); or a user-supplied SQL form (``Transforms.sql_form``). Where a SQL
 equivalent is exact only for some values (``lower`` on non-ASCII text depends on the server's
-locale), the source side emits a marker no target token contains at that position, so such a
-row always differs in SQL and is decided in Python. Every plan is checked on a sample of source
-rows before use: the SQL form's tokens must equal the target-side tokens of what the Python
-transform produces for the same rows; a plan that disagrees is not used.
+locale), the source side adds an item that is true for such values where the target side has
+false, so such a row always differs in SQL and is decided in Python. Every plan is checked on
+a sample of source rows before use: the SQL form's row hash must equal the target-side row hash
+of what the Python transform produces for the same rows; a plan that disagrees is not used.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from dualwrite.capture._ddl import TableShape, qualified, row_image
 from dualwrite.config import TableConfig
@@ -61,107 +62,93 @@ NUMBERS = INTEGERS | FLOATS | {"numeric"}
 TEXTS = frozenset({"text", "character varying"})
 JSONS = frozenset({"json", "jsonb"})
 SCALARS = frozenset(
-    {"boolean", "uuid", "date", "timestamp with time zone", "timestamp without time zone", "bytea"}
+    {
+        "boolean",
+        "uuid",
+        "date",
+        "timestamp with time zone",
+        "timestamp without time zone",
+        "bytea",
+    }
 )
-UNVERIFIABLE = sql.SQL("'?'")
-"""The source side's token where SQL cannot reproduce Python exactly: ``?`` is neither a
-digit, ``:`` nor a scalar's first character where a target token starts."""
+ARRAY_ELEMENTS = SCALARS | NUMBERS | TEXTS | {"character"}
 
-Token = tuple[sql.Composable, ...]  # arguments of concat()
+Items = tuple[sql.Composable, ...]  # what one column contributes to ROW(...)
 
 
-def _scalar(x: sql.Composable) -> Token:
-    return (x, sql.SQL("','"))
+SEED = 0x2545F4914F6CDD1D
+"""The hash seed. Never 0: some types hash a value to the seed itself (a float's zero), and
+``hash_record_extended`` hashes NULL to 0, so seed 0 would make NULL and 0.0 collide."""
 
 
-def _string(x: sql.Composable) -> Token:
-    return (sql.SQL("octet_length({})").format(x), sql.SQL("':'"), x)
+def row_hash(columns: Sequence[sql.Composable]) -> sql.Composable:
+    """The 64-bit hash (bigint) of a row of items."""
+    return sql.SQL("hash_record_extended(ROW({}), {})").format(
+        sql.SQL(", ").join(columns), sql.Literal(SEED)
+    )
 
 
-def _number(type_name: str, x: sql.Composable, same: bool) -> sql.Composable:
-    """A number's canonical text: its own text when both sides share the exact type."""
+def _number(type_name: str, x: sql.Composable, exact_type: bool) -> sql.Composable:
     base = base_type(type_name)
-    if base in INTEGERS:
+    if exact_type:
         return x
-    if base == "numeric":
-        return x if same and type_name != "numeric" else sql.SQL("trim_scale({})").format(x)
-    if same:
-        return sql.SQL("CASE WHEN {x} = 0 THEN 0 ELSE {x} END").format(x=x)
-    return sql.SQL(
-        "CASE WHEN {x}::text IN ('NaN', 'Infinity', '-Infinity') THEN {x}::text "
-        "ELSE trim_scale({x}::text::numeric)::text END"
-    ).format(x=x)
+    if base in FLOATS:
+        return sql.SQL("{}::text::numeric").format(x)
+    return sql.SQL("{}::numeric").format(x)
 
 
-def tokens(
+def _c(x: sql.Composable, cast: str) -> sql.Composable:
+    return sql.SQL('{}::{} COLLATE "C"').format(x, sql.SQL(cast))
+
+
+def items(
     source_type: str, target_type: str, x: sql.Composable, y: sql.Composable
-) -> tuple[Token, Token] | None:
-    """The tokens of source value ``x`` (of ``source_type``) and target value ``y`` (of
+) -> tuple[Items, Items] | None:
+    """The items hashing source value ``x`` (of ``source_type``) and target value ``y`` (of
     ``target_type``), or None when SQL cannot compare this pair of types exactly."""
     s, t = base_type(source_type), base_type(target_type)
-    same = source_type == target_type
     if s in NUMBERS and t in NUMBERS:
-        return _scalar(_number(source_type, x, same)), _scalar(_number(target_type, y, same))
+        # one type family hashes alike by value; floats meeting anything else via numeric
+        exact = (s in INTEGERS and t in INTEGERS) or s == t
+        return (_number(source_type, x, exact),), (_number(target_type, y, exact),)
     if s.endswith("[]") or t.endswith("[]"):
-        if not same:
+        if s != t or s[:-2] not in ARRAY_ELEMENTS:
             return None
-        element = s[:-2]
-        if element in NUMBERS - INTEGERS:
-
-            def trimmed(v: sql.Composable) -> sql.Composable:
-                return sql.SQL(
-                    "array_dims({v}) || (SELECT array_agg({e} ORDER BY u.o) "
-                    "FROM unnest({v}) WITH ORDINALITY AS u(e, o))::text"
-                ).format(v=v, e=_number(element, sql.SQL("u.e"), False))
-
-            return _string(trimmed(x)), _string(trimmed(y))
-        if element in SCALARS | NUMBERS | TEXTS | JSONS | {"character"}:
-            return _string(sql.SQL("{}::text").format(x)), _string(sql.SQL("{}::text").format(y))
-        return None
+        return (x, sql.SQL("array_dims({})").format(x)), (y, sql.SQL("array_dims({})").format(y))
     if s == t and s in SCALARS:
-        return _scalar(x), _scalar(y)
+        return (x,), (y,)
     if s in TEXTS and t in TEXTS:
-        return _string(sql.SQL("{}::text").format(x)), _string(sql.SQL("{}::text").format(y))
+        return (_c(x, "text"),), (_c(y, "text"),)
     if t == "character" and (s in TEXTS or s == "character"):
-        return (
-            _string(sql.SQL("rtrim({}::text, ' ')").format(x)),
-            _string(sql.SQL("{}::text").format(y)),
-        )
+        return (_c(x, "bpchar"),), (_c(y, "bpchar"),)
     if s in JSONS and t in JSONS:
-        return (
-            _string(sql.SQL("{}::jsonb::text").format(x)),
-            _string(sql.SQL("{}::jsonb::text").format(y)),
-        )
+        return (_c(x, "jsonb::text"),), (_c(y, "jsonb::text"),)
     return None
 
 
-def _ascii_guarded(x: sql.Composable, exact: Token) -> Token:
-    return (
-        sql.SQL(
-            "CASE WHEN {x} IS NULL OR octet_length({x}) = char_length({x}) THEN concat({e}) "
-            "ELSE {marker} END"
-        ).format(x=x, e=sql.SQL(", ").join(exact), marker=UNVERIFIABLE),
-    )
+def _ascii_guarded(x: sql.Composable, exact: tuple[Items, Items]) -> tuple[Items, Items]:
+    flag = sql.SQL("coalesce(octet_length({x}) <> char_length({x}), false)").format(x=x)
+    return (*exact[0], flag), (*exact[1], sql.SQL("false"))
 
 
 PY_WHITESPACE_ASCII = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
 """What ``str.strip()`` removes among ASCII characters."""
 
-ConverterSql = Callable[[str, str, str, sql.Composable, sql.Composable], tuple[Token, Token] | None]
+ConverterSql = Callable[[str, str, str, sql.Composable, sql.Composable], tuple[Items, Items] | None]
 
 
 def _cents(
     argument: str, source: str, target: str, x: sql.Composable, y: sql.Composable
-) -> tuple[Token, Token] | None:
+) -> tuple[Items, Items] | None:
     if base_type(source) not in INTEGERS:
         return None  # quantize would round fractions half-even; PostgreSQL rounds half away
-    return tokens("numeric", target, sql.SQL("({}::numeric / 100)").format(x), y)
+    return items("numeric", target, sql.SQL("({}::numeric / 100)").format(x), y)
 
 
 def _text_function(fn: str) -> ConverterSql:
     def build(
         argument: str, source: str, target: str, x: sql.Composable, y: sql.Composable
-    ) -> tuple[Token, Token] | None:
+    ) -> tuple[Items, Items] | None:
         if base_type(source) not in TEXTS:
             return None
         if fn == "trim":
@@ -172,19 +159,19 @@ def _text_function(fn: str) -> ConverterSql:
             applied = x  # ASCII text is already NFC
         else:
             applied = sql.SQL('{}({} COLLATE "C")').format(sql.SQL(fn), x)
-        pair = tokens("text", target, applied, y)
-        return None if pair is None else (_ascii_guarded(x, pair[0]), pair[1])
+        pair = items("text", target, applied, y)
+        return None if pair is None else _ascii_guarded(x, pair)
 
     return build
 
 
 def _zone(
     argument: str, source: str, target: str, x: sql.Composable, y: sql.Composable
-) -> tuple[Token, Token] | None:
+) -> tuple[Items, Items] | None:
     if base_type(source) != "timestamp without time zone":
         return None
     zoned = sql.SQL("({} AT TIME ZONE {})").format(x, sql.Literal(argument))
-    return tokens("timestamp with time zone", target, zoned, y)
+    return items("timestamp with time zone", target, zoned, y)
 
 
 CONVERTER_SQL: dict[str, ConverterSql] = {
@@ -201,7 +188,7 @@ keyed the same way; each returns None where it is not exact for the column's typ
 
 @dataclass(frozen=True)
 class SqlPlan:
-    """How to compute one target table's row tokens on both sides."""
+    """How to compute one target table's row hash on both sides."""
 
     target: str
     spec: TargetSpec
@@ -212,16 +199,13 @@ class SqlPlan:
     key_types: tuple[str, ...]  # target key types (format_type)
     columns: tuple[str, ...]  # compared target columns, sorted
     target_types: Mapping[str, str]
-    source_tokens: tuple[Token, ...]
-    target_tokens: tuple[Token, ...]
-
-    def row_text(self, side: str) -> sql.Composable:
-        parts = self.source_tokens if side == "source" else self.target_tokens
-        return sql.SQL("concat({})").format(sql.SQL(", ").join(a for t in parts for a in t))
+    source_items: tuple[Items, ...]
+    target_items: tuple[Items, ...]
 
     def row_hash(self, side: str) -> sql.Composable:
-        """64 bits of hash of the row text, as a bigint."""
-        return sql.SQL("hashtextextended({}, 0)").format(self.row_text(side))
+        """The row's 64-bit hash (bigint)."""
+        parts = self.source_items if side == "source" else self.target_items
+        return row_hash([a for column in parts for a in column])
 
     def table(self, side: str) -> sql.Composable:
         return qualified(self.source.source if side == "source" else self.spec.table)
@@ -286,15 +270,15 @@ def plan_for(
         )  # equal keys must have equal Python values on both sides
         if not same:
             return None, f"key column {c}: {shape.types[s]} -> {target_types[c]}"
-    produced: dict[str, tuple[Token, Token] | None] = {}
+    produced: dict[str, tuple[Items, Items] | None] = {}
     if forms is not None:
         for column, expression in forms.items():
             if column in target_types:
                 t = target_types[column]
                 cast = sql.SQL("({})::{}").format(sql.SQL(expression), sql.SQL(t))
-                produced[column] = tokens(t, t, cast, _col(column))
+                produced[column] = items(t, t, cast, _col(column))
         for c, s in zip(key, source_key, strict=True):
-            produced.setdefault(c, tokens(shape.types[s], target_types[c], _col(s), _col(c)))
+            produced.setdefault(c, items(shape.types[s], target_types[c], _col(s), _col(c)))
     else:
         dropped = set(table.drop)
         for column, source_type in shape.types.items():
@@ -303,7 +287,7 @@ def plan_for(
                 continue
             conversion = table.convert.get(column)
             if conversion is None:
-                produced[name] = tokens(source_type, target_types[name], _col(column), _col(name))
+                produced[name] = items(source_type, target_types[name], _col(column), _col(name))
                 continue
             fn, _, argument = conversion.partition(":")
             converter = CONVERTER_SQL.get(fn)
@@ -318,7 +302,7 @@ def plan_for(
                     return None, f"constant overrides key column {name}"
                 t = target_types[name]
                 literal = sql.SQL("{}::{}").format(sql.Literal(constant), sql.SQL(t))
-                produced[name] = tokens(t, t, literal, _col(name))
+                produced[name] = items(t, t, literal, _col(name))
     for column, pair in produced.items():
         if pair is None:
             return None, f"column {column}: no exact SQL form for its types or conversion"
@@ -335,8 +319,8 @@ def plan_for(
             key_types=tuple(target_types[c] for c in key),
             columns=columns,
             target_types=dict(target_types),
-            source_tokens=tuple(p[0] for p in pairs if p is not None),
-            target_tokens=tuple(p[1] for p in pairs if p is not None),
+            source_items=tuple(p[0] for p in pairs if p is not None),
+            target_items=tuple(p[1] for p in pairs if p is not None),
         ),
         "",
     )
@@ -353,10 +337,10 @@ def _parameter(value: Any) -> Any:
     return value
 
 
-def target_tokens_of(
+def target_hashes_of(
     dst: psycopg.Connection[Any], plan: SqlPlan, rows: Sequence[Mapping[str, Any]]
-) -> list[str]:
-    """The target-side row text of Python rows (as if written to the target)."""
+) -> list[int]:
+    """The target-side row hashes of Python rows (as if written to the target)."""
     if not rows:
         return []
     columns = plan.columns
@@ -373,16 +357,14 @@ def target_tokens_of(
         for c in columns:
             v = row.get(c)
             if isinstance(v, dict | list) and base_type(plan.target_types[c]) in JSONS:
-                from psycopg.types.json import Jsonb
-
                 v = Jsonb(v)
             params.append(_parameter(v))
     query = sql.SQL("SELECT {} FROM (VALUES {}) AS t({})").format(
-        plan.row_text("target"), values, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        plan.row_hash("target"), values, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     )
-    texts = [str(r[0]) for r in dst.execute(query, params).fetchall()]
+    hashes = [int(r[0]) for r in dst.execute(query, params).fetchall()]
     dst.commit()
-    return texts
+    return hashes
 
 
 def check_plan(
@@ -403,33 +385,34 @@ def check_plan(
     )
     for sample in (first, spread):
         rows = src.execute(
-            sql.SQL("SELECT {img}::text, {text} FROM {t} AS t {sample}").format(
-                img=image, text=plan.row_text("source"), t=plan.table("source"), sample=sample
+            sql.SQL("SELECT {img}::text, {hash} FROM {t} AS t {sample}").format(
+                img=image, hash=plan.row_hash("source"), t=plan.table("source"), sample=sample
             )
         ).fetchall()
         src.commit()
         produced: list[dict[str, Any]] = []
-        texts: list[str] = []
-        for image_text, sql_text in rows:
+        hashes: list[int] = []
+        for image_text, row_hash in rows:
             try:
                 row = decode_image(image_text, shape.types)
                 ops = transforms.apply(plan.label, "read", {c: row[c] for c in shape.key}, row, 0)
             except (EnvelopeError, TransformError) as exc:
                 return f"the Python transform fails on a sampled row: {exc}"
-            values = [op.values for op in ops if str(op.target) == plan.target]
-            if not values or values[0] is None:
+            outputs = [op.values for op in ops if str(op.target) == plan.target]
+            if not outputs or outputs[0] is None:
                 return "the Python transform filters out a sampled row"
-            columns = {c for c in values[0] if c in plan.target_types}
+            columns = {c for c in outputs[0] if c in plan.target_types}
             if columns != set(plan.columns):
                 return f"columns differ: Python {sorted(columns)}, SQL {list(plan.columns)}"
             if any(isinstance(v, str) and not v.isascii() for v in row.values()):
                 continue  # may hold the non-ASCII marker: decided in Python at run time
-
-            produced.append(dict(values[0]))
-            texts.append(sql_text)
-        for want, got in zip(target_tokens_of(dst, plan, produced), texts, strict=True):
+            produced.append(dict(outputs[0]))
+            hashes.append(int(row_hash))
+        for want, got, values in zip(
+            target_hashes_of(dst, plan, produced), hashes, produced, strict=True
+        ):
             if want != got:
-                return f"row text differs: Python transform {want!r}, SQL form {got!r}"
+                return f"the SQL form disagrees with the Python transform on the row {values!r}"
     return ""
 
 
