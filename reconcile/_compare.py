@@ -3,7 +3,7 @@ against what it holds, classified, with in-flight differences re-checked.
 
 Per target table, one of two comparisons (``docs/reconcile.md`` has the argument):
 
-- **segments** (:mod:`reconcile._segments`), when the canonical row text can be computed in
+- **segments** (:mod:`reconcile._segments`), when the canonical comparison can be made in
   SQL on both sides (:mod:`reconcile._sqlcanon`; the plan is checked against Python on a
   sample first): checksums per key range inside both databases, descent into the ranges that
   differ; only the keys that may differ come to Python;

@@ -1,16 +1,16 @@
 """Segment checksums inside both databases, with descent into the segments that differ.
 
 The key space of one target table is cut into segments by boundary keys taken from one side
-(sampled, in that database's key order). Each database sums a 64-bit hash of every row's
-canonical text (:mod:`reconcile._sqlcanon`) per segment, with the row count; only segments
-whose (count, sum) differ are looked into. A differing segment larger than ``leaf_rows`` is
+(sampled, in that database's key order). Each database XORs the 64-bit canonical hashes of
+every row (:mod:`reconcile._sqlcanon`) per segment, with the row count; only segments
+whose (count, XOR of hashes) differ are looked into. A differing segment larger than ``leaf_rows`` is
 cut again (``fanout`` pieces) and checksummed again, inside its key range only; a small one
 is a leaf: both sides send (key, row hash) for it and the keys whose hashes differ, or that
 one side lacks, become candidates. When most pieces of a level differ, cutting further does
 not pay, and their rows go straight to the leaf comparison (the streaming merge of hashes).
 
 Correctness does not depend on both databases ordering keys alike: a segment is whatever set
-of rows a database assigns to it, deterministically; if the two sets differ, the sums differ
+of rows a database assigns to it, deterministically; if the two sets differ, the checksums differ
 (barring a 2**-64 accident), and a row assigned to different segments on the two sides shows
 up as a candidate on both, which the full-row comparison then clears. Candidates are only
 candidates: every one is fetched and compared in Python afterwards.
@@ -166,15 +166,15 @@ def _checksums(
     lo: Bound | None,
     hi: Bound | None,
 ) -> Checksums:
-    """Per piece: (rows, sum of row hashes mod 2**64)."""
+    """Per piece: (rows, XOR of the row hashes). Keys are unique on each side and part of
+    every row's hash, so no two rows of one side cancel out but by a 2**-64 accident."""
     bucket: sql.Composable = sql.SQL("0")
     if bounds:
         bucket = sql.SQL("width_bucket({}, ARRAY[{}])").format(
             _key(plan, side), sql.SQL(", ").join(_literal(plan, side, b) for b in bounds)
         )
     query = sql.SQL(
-        "SELECT {bucket}, count(*), sum({hash}) % 18446744073709551616 "
-        "FROM {table} AS t WHERE {range} GROUP BY 1"
+        "SELECT {bucket}, count(*), bit_xor({hash}) FROM {table} AS t WHERE {range} GROUP BY 1"
     ).format(
         bucket=bucket,
         hash=plan.row_hash(side),

@@ -1,6 +1,6 @@
 """Reconcile's database sessions: pinned settings, text-exact loaders, and a small pool.
 
-Every session reconcile opens pins the settings the canonical encoding depends on (UTC,
+Every session reconcile opens pins the settings the canonical comparison depends on (UTC,
 ISO dates, shortest exact float text, hex bytea), and loads json/jsonb as their text so the
 Python side sees what ``jsonb::text`` sees (never a float). :class:`Sessions` hands out at
 most ``size`` connections per database to threads; a connection is used by one thread at a
@@ -21,8 +21,10 @@ from sqlalchemy import Engine
 
 SETTINGS = (
     "-c timezone=UTC -c datestyle=ISO,YMD -c extra_float_digits=1 -c bytea_output=hex "
-    "-c intervalstyle=postgres -c client_encoding=UTF8"
+    "-c intervalstyle=postgres -c client_encoding=UTF8 -c jit=off -c work_mem=64MB"
 )
+"""Pinned for the canonical forms; ``jit=off`` and ``work_mem`` because compiling the
+checksum queries cost more than it saved, and a 4 MB hash aggregate planned to spill."""
 
 
 def connect(engine: Engine, name: str = "dualwrite-reconcile") -> psycopg.Connection[Any]:

@@ -375,8 +375,8 @@ def check_plan(
     sample_rows: int = 300,
 ) -> str:
     """Compare the SQL form of the transform with the Python transform on a sample of source
-    rows (the first and a random half): "" when the source-side row text equals the
-    target-side text of what Python produces, for every row, else the first disagreement."""
+    rows (the first, and a block sample): "" when the SQL form's row hash equals the
+    target-side hash of what Python produces, for every row, else the first disagreement."""
     shape = plan.source
     image = row_image(shape, "t")
     first = sql.SQL("ORDER BY {} LIMIT {}").format(_keys(shape.key), sql.Literal(sample_rows // 2))
