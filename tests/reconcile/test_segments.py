@@ -214,3 +214,53 @@ def test_streaming_comparison_finds_the_same_drift_with_spilled_partitions(
     assert [t.method for t in result.tables] == ["stream"]
     assert _found(result) == EXPECTED
     assert (result.tables[0].expected_rows, result.tables[0].target_rows) == (ROWS, ROWS - 1)
+
+
+SQL_FORM = {
+    "id": "id",
+    "title": "name",
+    "email": "lower(email)",
+    "cents": "cents::numeric / 100",
+    "price": "price",
+    "ratio": "ratio",
+    "seen": "seen",
+    "local_ts": "local_ts AT TIME ZONE 'Europe/Berlin'",
+    "doc": "doc",
+    "blob": "blob",
+    "tags": "tags",
+    "code": "code",
+    "origin": "'legacy'",
+}
+
+
+def _python_transform(config: Any, declared: Transforms, form: dict[str, str] | None) -> Transforms:
+    """The declared transform's function as Python code, with an optional SQL form."""
+    label, target = str(config.tables[0].source), str(config.tables[0].target)
+    transforms = Transforms()
+    transforms.target(target, key=["id"])
+    transforms.source(label, targets={target: {"id": "id"}})(declared.sources[label].function)
+    if form is not None:
+        transforms.sql_form(label, target, form)
+    return transforms
+
+
+@pytest.mark.parametrize(
+    ("form", "method"),
+    [
+        (None, "stream"),  # Python code without a SQL form
+        (SQL_FORM, "segments"),  # a SQL form that agrees with the function on the sample
+        ({**SQL_FORM, "title": "upper(name)"}, "stream"),  # one that does not: not used
+    ],
+)
+def test_a_user_sql_form_is_used_only_when_it_agrees_with_the_python_transform(
+    declared: tuple[Any, Transforms],
+    source_engine: Engine,
+    target_engine: Engine,
+    form: dict[str, str] | None,
+    method: str,
+) -> None:
+    config, declared_transforms = declared
+    transforms = _python_transform(config, declared_transforms, form)
+    result = reconcile(source_engine, target_engine, config, transforms, wait_s=5)
+    assert [t.method for t in result.tables] == [method]
+    assert _found(result) == EXPECTED
