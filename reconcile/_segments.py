@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import psycopg
@@ -65,6 +67,7 @@ class Tuning:
     many: float = 0.5  # fraction of differing pieces above which descent stops
     batch_rows: int = 50_000  # rows per leaf query when adjacent leaves are fetched together
     probes: int = 16  # segments checksummed first to guess whether most differ
+    parts: int = 4  # key ranges per side scanned at once for the first level
 
 
 def _col(name: str) -> sql.Composable:
@@ -160,6 +163,7 @@ Checksums = dict[int, tuple[int, int]]
 
 def _checksums(
     conn: psycopg.Connection[Any],
+    *,
     plan: SqlPlan,
     side: str,
     bounds: Sequence[Bound],
@@ -256,7 +260,7 @@ class SegmentDiff:
             log.debug("%s: most segments differ: merged (key, hash) pairs", plan.target)
             return self.stats
         t1 = time.perf_counter()
-        src, dst = self._both(lambda c, s: _checksums(c, plan, s, bounds, None, None))
+        src, dst = self._level_zero(bounds)
         log.debug(
             "%s: %d boundaries and probes in %.2f s, checksums in %.2f s",
             plan.target,
@@ -272,6 +276,38 @@ class SegmentDiff:
         self._descend_all(bounds, None, None, src, dst, differing)
         return self.stats
 
+    def _level_zero(self, bounds: Sequence[Bound]) -> tuple[Checksums, Checksums]:
+        """All segments' checksums on both sides, in ``parts`` key ranges per side at once
+        (so each database scans with several backends)."""
+        pieces = len(bounds) + 1
+        parts = max(1, min(self.tuning.parts, pieces))
+        edges = [round(k * pieces / parts) for k in range(parts + 1)]
+        futures: list[tuple[str, int, Future[Checksums]]] = []
+        for first, end in pairwise(edges):
+            lo = None if first == 0 else bounds[first - 1]
+            hi = None if end == pieces else bounds[end - 1]
+            inner = bounds[first : end - 1]
+            for side in ("source", "target"):
+                futures.append(
+                    (
+                        side,
+                        first,
+                        self._pool.submit(
+                            self._on,
+                            side,
+                            partial(
+                                _checksums, plan=self.plan, side=side, bounds=inner, lo=lo, hi=hi
+                            ),
+                        ),
+                    )
+                )
+        out: dict[str, Checksums] = {"source": {}, "target": {}}
+        for side, first, future in futures:
+            for local, sums in future.result().items():
+                out[side][first + local] = sums
+        self._count(queries=len(futures))
+        return out["source"], out["target"]
+
     def _mostly_differing(self, bounds: Sequence[Bound]) -> bool:
         """Checksum ``probes`` segments spread over the key space first; True when more than
         ``many`` of them differ (e.g. 1% of all rows changed, scattered), so that the
@@ -285,7 +321,9 @@ class SegmentDiff:
         ranges = [(bounds[i - 1], bounds[i]) for i in spread]
 
         def sums(conn: psycopg.Connection[Any], side: str) -> list[Checksums]:
-            return [_checksums(conn, plan, side, (), lo, hi) for lo, hi in ranges]
+            return [
+                _checksums(conn, plan=plan, side=side, bounds=(), lo=lo, hi=hi) for lo, hi in ranges
+            ]
 
         src, dst = self._both(sums)
         self._count(queries=2 * len(ranges))
@@ -355,8 +393,12 @@ class SegmentDiff:
         if not bounds:
             self._compare_leaf(lo, hi)
             return
-        src = self._on("source", lambda c: _checksums(c, plan, "source", bounds, lo, hi))
-        dst = self._on("target", lambda c: _checksums(c, plan, "target", bounds, lo, hi))
+        src = self._on(
+            "source", partial(_checksums, plan=plan, side="source", bounds=bounds, lo=lo, hi=hi)
+        )
+        dst = self._on(
+            "target", partial(_checksums, plan=plan, side="target", bounds=bounds, lo=lo, hi=hi)
+        )
         self._count(queries=3)
         self._descend_all(bounds, lo, hi, src, dst, self._differing(src, dst), inline=True)
 
