@@ -191,6 +191,7 @@ def child(config_path: str, workers: int) -> None:
             level=logging.DEBUG, format="%(relativeCreated)6.0f %(name)s %(message)s"
         )
         logging.getLogger("kafka").setLevel(logging.WARNING)
+    imported = time.perf_counter()
     config = load_migration(config_path)
     source, target = make_engine(config.source), make_engine(config.target)
     result = reconcile(source, target, config, load_transforms(config), workers=workers, wait_s=30)
@@ -198,6 +199,8 @@ def child(config_path: str, workers: int) -> None:
         json.dumps(
             {
                 "seconds": time.perf_counter() - t0,
+                "import_s": imported - t0,
+                "call_s": time.perf_counter() - imported,
                 "counts": result.counts,
                 "status": result.status,
                 "methods": [t.method for t in result.tables],
@@ -331,6 +334,7 @@ def main() -> None:
                         case,
                         drift,
                         ours["wall_s"],
+                        ours["call_s"],
                         rd,
                         floor_seq,
                         floor_par,
@@ -371,6 +375,7 @@ def main() -> None:
             "case",
             "drift",
             "ours s",
+            "ours call s",
             "reladiff s",
             "COPY seq s",
             "COPY par s",
