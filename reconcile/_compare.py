@@ -156,8 +156,9 @@ def reconcile(
                 caught_up = _wait_for_pipeline(
                     src, config, position, wait_s, stop or threading.Event()
                 )
-            with sources.get() as src, targets.get() as dst:
-                final.extend(_recheck(src, dst, transforms, shapes, types, recheck, caught_up))
+            final.extend(
+                _recheck((sources, targets, pool), transforms, shapes, types, recheck, caught_up)
+            )
             log.debug("re-checked in %.2f s", time.perf_counter() - t0)
     finally:
         tables.shutdown(wait=True, cancel_futures=True)
@@ -231,16 +232,46 @@ def _segment_table(
     )
     keys: list[Key] = list(dict.fromkeys(stats.candidates))
     t0 = time.perf_counter()
-    with sources.get() as src, targets.get() as dst:
-        diffs = evaluate(
-            src, dst, transforms, {plan.label: plan.source}, plan.target, plan.key, keys, types
-        )
+    diffs = _evaluate(
+        sources,
+        targets,
+        pool,
+        transforms,
+        {plan.label: plan.source},
+        plan.target,
+        plan.key,
+        keys,
+        types,
+    )
     log.debug(
         "%s: %d candidates evaluated in %.2f s", plan.target, len(keys), time.perf_counter() - t0
     )
     if progress is not None:
         progress(plan.target, stats.source_rows)
     return diffs, {plan.target: (stats.source_rows, stats.target_rows)}
+
+
+def _evaluate(
+    sources: Sessions,
+    targets: Sessions,
+    pool: ThreadPoolExecutor,
+    transforms: Transforms,
+    shapes: Mapping[str, TableShape],
+    target: str,
+    key_columns: tuple[str, ...],
+    keys: list[Key],
+    types: Mapping[str, str],
+    batch: int = 2000,
+) -> list[Difference]:
+    """:func:`evaluate` over batches of keys in the pool, each batch on its own connections
+    (called from a thread outside the pool)."""
+
+    def one(chunk: list[Key]) -> list[Difference]:
+        with sources.get() as src, targets.get() as dst:
+            return evaluate(src, dst, transforms, shapes, target, key_columns, chunk, types)
+
+    futures = [pool.submit(one, keys[i : i + batch]) for i in range(0, len(keys), batch)]
+    return [d for f in futures for d in f.result()]
 
 
 def _stream_tables(
@@ -302,8 +333,7 @@ def _wait_for_pipeline(
 
 
 def _recheck(
-    src: psycopg.Connection[Any],
-    dst: psycopg.Connection[Any],
+    sessions: tuple[Sessions, Sessions, ThreadPoolExecutor],
     transforms: Transforms,
     shapes: Mapping[str, TableShape],
     types: Mapping[str, Mapping[str, str]],
@@ -320,11 +350,8 @@ def _recheck(
     for name, diffs in group_by_target(candidates).items():
         key_columns = transforms.targets[name].key
         keys = [tuple(json.loads(d.key)) for d in diffs]
-        now = {
-            d.key: d
-            for d in evaluate(src, dst, transforms, shapes, name, key_columns, keys, types[name])
-            if d.category != "transform_error"
-        }
+        found = _evaluate(*sessions, transforms, shapes, name, key_columns, keys, types[name])
+        now = {d.key: d for d in found if d.category != "transform_error"}
         for d in diffs:
             persisting = now.get(d.key)
             if persisting is None:
