@@ -16,6 +16,7 @@ from cli._signals import stop_on_signals
 from cli._worker import _transforms
 from dualwrite import load_migration, make_engine
 from reconcile import (
+    DEFAULT_WORKERS,
     RepairProgress,
     RepairResult,
     load_report,
@@ -110,6 +111,13 @@ def _on_repair(bars: Progress) -> Callable[[RepairProgress], None]:
     show_default=True,
     help="With --repair: how long a batch with absent keys waits for concurrent source transactions.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    help="Threads comparing tables and segments at once (each with its own connections).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress; print only the one-line summary.")
 @reverse_option
@@ -123,6 +131,7 @@ def reconcile_command(
     do_repair: bool,
     batch_keys: int,
     lock_wait_s: float,
+    workers: int,
     as_json: bool,
     quiet: bool,
     reverse: bool,
@@ -148,6 +157,7 @@ def reconcile_command(
                 transforms,
                 chunk_rows=chunk_rows,
                 wait_s=wait_s,
+                workers=workers,
                 progress=_on_rows(bars),
                 stop=stop,
             )

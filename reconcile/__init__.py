@@ -6,7 +6,14 @@ the normal pipeline, and the cutover readiness gates built on them.
 """
 
 from reconcile._canonical import NORMALISERS, canonical, encode_row
-from reconcile._compare import CATEGORIES, Difference, ReconcileResult, TableSummary, reconcile
+from reconcile._compare import (
+    CATEGORIES,
+    DEFAULT_WORKERS,
+    Difference,
+    ReconcileResult,
+    TableSummary,
+    reconcile,
+)
 from reconcile._errors import ReconcileError, RepairError
 from reconcile._html import (
     ChartPoint,
@@ -49,6 +56,7 @@ from reconcile.readiness import Gate, ReadinessReport, evaluate_readiness, gate_
 
 __all__ = [
     "CATEGORIES",
+    "DEFAULT_WORKERS",
     "NORMALISERS",
     "REPAIRABLE",
     "ChartPoint",

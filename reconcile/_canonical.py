@@ -13,8 +13,9 @@ Documented equivalences (what counts as equal):
 - timestamps with time zone compare as UTC instants at microsecond precision;
 - ``char(n)`` ignores trailing pad spaces (PostgreSQL's own semantics); every other text is
   compared byte for byte: no Unicode normalisation, trailing spaces matter;
-- json and jsonb compare as canonical JSON (sorted keys, no whitespace; duplicate keys in
-  ``json`` text resolve to the last, as jsonb does);
+- json and jsonb compare as PostgreSQL's ``jsonb`` text (:func:`jsonb_text`): key order and
+  whitespace do not matter, duplicate keys resolve to the last, numbers inside JSON keep their
+  scale as jsonb keeps it (``1.0`` and ``1.00`` differ inside JSON; ``1`` and ``"1"`` differ);
 - bytea compares bytes; arrays compare element by element with the element type's rules.
 """
 
@@ -27,6 +28,8 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from dualwrite.envelope import parse_json
 
 Normaliser = Callable[[Any], Any]
 
@@ -81,18 +84,52 @@ def _date(v: Any) -> Any:
 def _json_value(v: Any) -> Any:
     if isinstance(v, str):
         try:
-            v = json.loads(v, parse_float=Decimal)
+            v = parse_json(v)
         except ValueError:
             return {"invalid-json": v}
-    return json.dumps(
-        v, sort_keys=True, separators=(",", ":"), default=_json_default, ensure_ascii=False
-    )
+    try:
+        return jsonb_text(v)
+    except (TypeError, ValueError):
+        return {"non-json": str(v)}
 
 
-def _json_default(v: Any) -> Any:
-    if isinstance(v, Decimal | float | int):
-        return _number(v)
-    return str(v)
+def jsonb_text(v: Any) -> str:
+    """PostgreSQL's ``jsonb`` output text of a parsed JSON value, reproduced exactly.
+
+    Object keys sorted as jsonb sorts them (shorter UTF-8 first, then bytewise), duplicates
+    already resolved to the last (the parser does so, as jsonb does), ``", "`` and ``": "``
+    separators, strings escaped as ``to_json`` escapes them, numbers as ``numeric`` prints
+    them (scale kept, no exponent, no negative zero). Raises TypeError/ValueError for values
+    JSON cannot hold.
+    """
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            raise ValueError("NaN and infinities are not JSON")
+        v = Decimal(repr(v))
+    if isinstance(v, Decimal):
+        if not v.is_finite():
+            raise ValueError("NaN and infinities are not JSON")
+        return format(abs(v) if v == 0 else v, "f")
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(jsonb_text(x) for x in v) + "]"
+    if isinstance(v, dict):
+        keys = sorted(v, key=lambda k: (len(k.encode()), k.encode()))
+        return (
+            "{"
+            + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {jsonb_text(v[k])}" for k in keys)
+            + "}"
+        )
+    raise TypeError(f"not a JSON value: {type(v).__name__}")
 
 
 def _bytea(v: Any) -> Any:

@@ -1,86 +1,66 @@
 """The transform-aware diff: what the target should hold (the transform of the source)
 against what it holds, classified, with in-flight differences re-checked.
 
-Memory: the expected side of one target table is held in memory (keyed by target key) while
-the target is streamed in chunks; segment checksums inside the database are future work
-(``docs/reconcile.md``).
+Per target table, one of two comparisons (``docs/reconcile.md`` has the argument):
+
+- **segments** (:mod:`reconcile._segments`), when the canonical comparison can be made in
+  SQL on both sides (:mod:`reconcile._sqlcanon`; the plan is checked against Python on a
+  sample first): checksums per key range inside both databases, descent into the ranges that
+  differ; only the keys that may differ come to Python;
+- **stream** (:mod:`reconcile._stream`) otherwise: both sides read once in chunks, compared
+  by hashed partitions of the target key with bounded memory.
+
+Either way every candidate is decided in Python by the same canonical comparison
+(:mod:`reconcile._rows`) and re-checked once the pipeline has caught up. Tables run in
+parallel, and so do the segments of one table (``workers`` threads, each with its own
+connections).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from sqlalchemy import Engine
 
-from dualwrite.config import MigrationConfig, QualifiedName
-from dualwrite.envelope import EnvelopeError
+from dualwrite.capture._ddl import TableShape
+from dualwrite.config import MigrationConfig
 from dualwrite.kafka_io import group_lag
-from dualwrite.snapshot import connect, decode_image, iter_rows, source_shape
-from dualwrite.transform import TargetSpec, TransformError, Transforms, key_text
+from dualwrite.snapshot import source_shape
+from dualwrite.transform import Transforms
 from dualwrite.worker import consumer_group
-from reconcile._canonical import canonical
+from reconcile._rows import Key, evaluate, group_by_target, target_types
+from reconcile._segments import SegmentDiff, SegmentStats, Tuning
+from reconcile._session import Sessions
+from reconcile._sqlcanon import SqlPlan, check_plan, plan_for
+from reconcile._stream import stream_diff
+from reconcile._types import CATEGORIES, DRIFT, Difference, ReconcileResult, TableSummary
 
-CATEGORIES = ("missing", "extra", "mismatch", "transform_error", "in_flight", "unverified")
-DRIFT = ("missing", "extra", "mismatch", "transform_error")
+__all__ = [
+    "CATEGORIES",
+    "DEFAULT_WORKERS",
+    "DRIFT",
+    "Difference",
+    "ReconcileResult",
+    "TableSummary",
+    "reconcile",
+]
 
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
 
-@dataclass(frozen=True)
-class Difference:
-    target: str
-    key: str
-    category: str
-    columns: Mapping[str, tuple[Any, Any]] = field(
-        default_factory=dict
-    )  # col -> (expected, actual)
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class TableSummary:
-    target: str
-    expected_rows: int
-    target_rows: int
-    counts: Mapping[str, int]
-
-
-@dataclass(frozen=True)
-class ReconcileResult:
-    """The outcome of one run. ``status``: clean, drift or incomplete."""
-
-    migration: str
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    tables: tuple[TableSummary, ...]
-    differences: tuple[Difference, ...]
-    caught_up: bool
-
-    @property
-    def counts(self) -> dict[str, int]:
-        total: dict[str, int] = dict.fromkeys(CATEGORIES, 0)
-        for d in self.differences:
-            total[d.category] += 1
-        return total
-
-    @property
-    def status(self) -> str:
-        counts = self.counts
-        if any(counts[c] for c in DRIFT):
-            return "drift"
-        if counts["unverified"]:
-            return "incomplete"
-        return "clean"
-
-
-Expected = dict[str, dict[str, Any]]  # key text -> {column: python value}
+DEFAULT_WORKERS = 4
+"""Threads (each with one connection per database) comparing tables and segments at once.
+They mostly wait on the two database servers, so even two cores keep four busy."""
 
 
 def reconcile(
@@ -93,190 +73,226 @@ def reconcile(
     wait_s: float = 60.0,
     progress: Callable[[str, int], None] | None = None,
     stop: threading.Event | None = None,
+    workers: int = DEFAULT_WORKERS,
+    segments: bool = True,
+    bucket_rows: int = 100_000,
+    tuning: Tuning | None = None,
 ) -> ReconcileResult:
     """Compare the transform of every source table with the target; classify every difference.
 
     A difference is re-checked once the pipeline has caught up with the source position seen
     when the read began (waiting at most ``wait_s``): if it is gone it was in flight; if the
     pipeline did not catch up in time it is reported as unverified (status incomplete).
+    ``segments=False`` forces the streaming comparison for every table; ``bucket_rows`` bounds
+    the rows per side held in memory by the streaming comparison. Raises
+    :class:`psycopg.Error` when a database fails, and the snapshot/transform errors of a bad
+    configuration.
     """
     started = dt.datetime.now(dt.UTC)
-    src, dst = connect(source, "dualwrite-reconcile"), connect(target, "dualwrite-reconcile")
+    workers = max(1, workers)
+    sources, targets = Sessions(source, 2 * workers + 1), Sessions(target, 2 * workers + 1)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="reconcile-segment")
+    tables = ThreadPoolExecutor(workers, thread_name_prefix="reconcile-table")
     try:
-        position = _source_position(src, config)
-        expected, errors = _expected(src, config, transforms, chunk_rows, progress)
-        summaries: list[TableSummary] = []
-        candidates: list[Difference] = list(errors)
-        for target_name in sorted(expected):
-            spec = transforms.targets[target_name]
-            diffs, target_rows = _diff_table(dst, spec, expected[target_name], chunk_rows)
+        with sources.get() as src:
+            position = _source_position(src, config)
+            shapes = {str(t.source): source_shape(src, t) for t in config.tables}
+        names = sorted(
+            {
+                t
+                for label in shapes
+                if label in transforms.sources
+                for t in transforms.sources[label].targets
+            }
+        )
+        with targets.get() as dst:
+            types = {name: target_types(dst, transforms.targets[name].table) for name in names}
+        t0 = time.perf_counter()
+        plans = _plans(sources, targets, config, transforms, shapes, types) if segments else {}
+        log.debug("plans checked in %.2f s", time.perf_counter() - t0)
+        futures: list[Future[tuple[list[Difference], dict[str, tuple[int, int]]]]] = []
+        for name, plan in plans.items():
+            futures.append(
+                tables.submit(
+                    _segment_table,
+                    plan,
+                    sources,
+                    targets,
+                    pool,
+                    transforms,
+                    types[name],
+                    tuning or Tuning(),
+                    progress,
+                )
+            )
+        streamed = {n: types[n] for n in names if n not in plans}
+        if streamed:
+            futures.append(
+                tables.submit(
+                    _stream_tables,
+                    sources,
+                    targets,
+                    transforms,
+                    shapes,
+                    streamed,
+                    chunk_rows,
+                    bucket_rows,
+                    progress,
+                )
+            )
+        candidates: list[Difference] = []
+        counts: dict[str, tuple[int, int]] = {}
+        methods = {n: ("segments" if n in plans else "stream") for n in names}
+        for f in futures:
+            diffs, table_counts = f.result()
             candidates.extend(diffs)
-            summaries.append(TableSummary(target_name, len(expected[target_name]), target_rows, {}))
+            counts.update(table_counts)
+        log.debug("compared in %.2f s: %d candidates", time.perf_counter() - t0, len(candidates))
         if config.reverse_of is not None:
             from reconcile._unmigrated import drop_unmigrated  # here: it imports this module
 
-            candidates = drop_unmigrated(dst, config, transforms, candidates)
-        final: list[Difference] = [d for d in candidates if d.category == "transform_error"]
+            with targets.get() as dst:
+                candidates = drop_unmigrated(dst, config, transforms, candidates)
+        final = [d for d in candidates if d.category == "transform_error"]
         recheck = [d for d in candidates if d.category != "transform_error"]
         caught_up = True
         if recheck:
-            caught_up = _wait_for_pipeline(src, config, position, wait_s, stop or threading.Event())
-            final.extend(_recheck(src, dst, config, transforms, recheck, caught_up))
+            with sources.get() as src:
+                caught_up = _wait_for_pipeline(
+                    src, config, position, wait_s, stop or threading.Event()
+                )
+            final.extend(
+                _recheck((sources, targets, pool), transforms, shapes, types, recheck, caught_up)
+            )
+            log.debug("re-checked in %.2f s", time.perf_counter() - t0)
     finally:
-        src.close()
-        dst.close()
+        tables.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+        sources.close()
+        targets.close()
     by_target: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(CATEGORIES, 0))
     for d in final:
         by_target[d.target][d.category] += 1
-    tables = tuple(
+    summaries = tuple(
         TableSummary(
-            s.target,
-            s.expected_rows,
-            s.target_rows,
-            by_target.get(s.target, dict.fromkeys(CATEGORIES, 0)),
+            name,
+            counts.get(name, (0, 0))[0],
+            counts.get(name, (0, 0))[1],
+            by_target.get(name, dict.fromkeys(CATEGORIES, 0)),
+            methods[name],
         )
-        for s in summaries
+        for name in names
     )
     return ReconcileResult(
-        config.name, started, dt.datetime.now(dt.UTC), tables, tuple(final), caught_up
+        config.name, started, dt.datetime.now(dt.UTC), summaries, tuple(final), caught_up
     )
 
 
-def _expected(
-    src: psycopg.Connection[Any],
+def _plans(
+    sources: Sessions,
+    targets: Sessions,
     config: MigrationConfig,
     transforms: Transforms,
-    chunk_rows: int,
-    progress: Callable[[str, int], None] | None,
-) -> tuple[dict[str, Expected], list[Difference]]:
-    expected: dict[str, Expected] = defaultdict(dict)
-    errors: list[Difference] = []
+    shapes: Mapping[str, TableShape],
+    types: Mapping[str, Mapping[str, str]],
+) -> dict[str, SqlPlan]:
+    """The targets that can be compared by segment checksums, with their checked plans."""
+    plans: dict[str, SqlPlan] = {}
     for table in config.tables:
-        shape = source_shape(src, table)
         label = str(table.source)
-        for st in [transforms.sources[label]] if label in transforms.sources else []:
-            for target in st.targets:
-                expected.setdefault(target, {})
-        done = 0
-        for chunk in iter_rows(src, shape, chunk_rows):
-            for key_json, image in chunk:
-                _add(expected, errors, transforms, label, shape.key, key_json, image, shape.types)
-            done += len(chunk)
-            if progress is not None:
-                progress(label, done)
-    return expected, errors
+        st = transforms.sources.get(label)
+        if st is None:
+            continue
+        for name in st.targets:
+            plan, reason = plan_for(transforms, table, shapes[label], name, types[name])
+            if plan is not None:
+                with sources.get() as src, targets.get() as dst:
+                    reason = check_plan(src, dst, plan, transforms)
+                if not reason:
+                    plans[name] = plan
+                    continue
+            log.info("%s: compared in Python, not by segment checksums: %s", name, reason)
+    return plans
 
 
-def _add(
-    expected: dict[str, Expected],
-    errors: list[Difference],
+def _segment_table(
+    plan: SqlPlan,
+    sources: Sessions,
+    targets: Sessions,
+    pool: ThreadPoolExecutor,
     transforms: Transforms,
-    label: str,
-    key_cols: tuple[str, ...],
-    key_json: str,
-    image: str,
-    types: dict[str, str],
-) -> None:
-    try:
-        row = decode_image(image, types)
-        ops = transforms.apply(label, "read", {c: row[c] for c in key_cols}, row, 0)
-    except (EnvelopeError, TransformError) as exc:
-        source_key = json.dumps(json.loads(key_json), separators=(",", ":"), ensure_ascii=False)
-        errors.append(Difference(label, source_key, "transform_error", detail=str(exc)))
-        return
-    for op in ops:
-        if op.values is None:
-            continue  # filtered out of this target
-        target = str(op.target)
-        spec = transforms.targets[target]
-        row_values = expected[target].setdefault(op.key_text, _blank(spec))
-        row_values.update(op.values)
-
-
-def _blank(spec: TargetSpec) -> dict[str, Any]:
-    """A merged row starts with every owned column NULL (an absent owner contributes NULLs)."""
-    if not spec.owners:
-        return {}
-    return {c: None for cols in spec.owners.values() for c in cols}
-
-
-def _target_types(dst: psycopg.Connection[Any], table: QualifiedName) -> dict[str, str]:
-    rows = dst.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
-        (
-            sql.SQL("{}.{}")
-            .format(sql.Identifier(table.schema), sql.Identifier(table.name))
-            .as_string(None),
-        ),
-    ).fetchall()
-    dst.commit()
-    return {r[0]: r[1] for r in rows}
-
-
-def _columns(spec: TargetSpec, expected: Expected) -> list[str]:
-    cols: list[str] = list(spec.key)
-    seen = set(cols)
-    for values in expected.values():
-        for c in values:
-            if c not in seen:
-                seen.add(c)
-                cols.append(c)
-    if spec.owners:
-        for owned in spec.owners.values():
-            for c in owned:
-                if c not in seen:
-                    seen.add(c)
-                    cols.append(c)
-    return cols
-
-
-def _compare(
     types: Mapping[str, str],
-    columns: Iterable[str],
-    want: Mapping[str, Any],
-    got: Mapping[str, Any],
-) -> dict[str, tuple[Any, Any]]:
-    out: dict[str, tuple[Any, Any]] = {}
-    for c in columns:
-        t = types.get(c, "text")
-        if canonical(t, want.get(c)) != canonical(t, got.get(c)):
-            out[c] = (want.get(c), got.get(c))
-    return out
-
-
-def _diff_table(
-    dst: psycopg.Connection[Any], spec: TargetSpec, expected: Expected, chunk_rows: int
-) -> tuple[list[Difference], int]:
-    types = _target_types(dst, spec.table)
-    columns = [c for c in _columns(spec, expected) if c in types]
-    target_name = str(spec.table)
-    seen: set[str] = set()
-    diffs: list[Difference] = []
-    rows = 0
-    query = sql.SQL("SELECT {} FROM {}.{}").format(
-        sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-        sql.Identifier(spec.table.schema),
-        sql.Identifier(spec.table.name),
+    tuning: Tuning,
+    progress: Callable[[str, int], None] | None,
+) -> tuple[list[Difference], dict[str, tuple[int, int]]]:
+    stats: SegmentStats = SegmentDiff(plan, sources, targets, pool, tuning).run()
+    log.info(
+        "%s: %d segments, %d differing, %d leaf rows fetched, %d queries, %d candidate keys",
+        plan.target,
+        stats.segments,
+        stats.differing,
+        stats.leaf_rows_fetched,
+        stats.queries,
+        len(stats.candidates),
     )
-    with dst.transaction(), dst.cursor(name="dualwrite_reconcile") as cur:
-        cur.itersize = chunk_rows
-        cur.execute(query)
-        for record in cur:
-            rows += 1
-            got = dict(zip(columns, record, strict=True))
-            key = key_text(tuple(got[c] for c in spec.key))
-            seen.add(key)
-            want = expected.get(key)
-            if want is None:
-                diffs.append(Difference(target_name, key, "extra"))
-                continue
-            changed = _compare(types, [c for c in columns if c in want], want, got)
-            if changed:
-                diffs.append(Difference(target_name, key, "mismatch", changed))
-    for key in expected.keys() - seen:
-        diffs.append(Difference(target_name, key, "missing"))
-    return diffs, rows
+    keys: list[Key] = list(dict.fromkeys(stats.candidates))
+    t0 = time.perf_counter()
+    diffs = _evaluate(
+        sources,
+        targets,
+        pool,
+        transforms,
+        {plan.label: plan.source},
+        plan.target,
+        plan.key,
+        keys,
+        types,
+    )
+    log.debug(
+        "%s: %d candidates evaluated in %.2f s", plan.target, len(keys), time.perf_counter() - t0
+    )
+    if progress is not None:
+        progress(plan.target, stats.source_rows)
+    return diffs, {plan.target: (stats.source_rows, stats.target_rows)}
+
+
+def _evaluate(
+    sources: Sessions,
+    targets: Sessions,
+    pool: ThreadPoolExecutor,
+    transforms: Transforms,
+    shapes: Mapping[str, TableShape],
+    target: str,
+    key_columns: tuple[str, ...],
+    keys: list[Key],
+    types: Mapping[str, str],
+    batch: int = 2000,
+) -> list[Difference]:
+    """:func:`evaluate` over batches of keys in the pool, each batch on its own connections
+    (called from a thread outside the pool)."""
+
+    def one(chunk: list[Key]) -> list[Difference]:
+        with sources.get() as src, targets.get() as dst:
+            return evaluate(src, dst, transforms, shapes, target, key_columns, chunk, types)
+
+    futures = [pool.submit(one, keys[i : i + batch]) for i in range(0, len(keys), batch)]
+    return [d for f in futures for d in f.result()]
+
+
+def _stream_tables(
+    sources: Sessions,
+    targets: Sessions,
+    transforms: Transforms,
+    shapes: Mapping[str, TableShape],
+    streamed: Mapping[str, Mapping[str, str]],
+    chunk_rows: int,
+    bucket_rows: int,
+    progress: Callable[[str, int], None] | None,
+) -> tuple[list[Difference], dict[str, tuple[int, int]]]:
+    with sources.get() as src, targets.get() as dst:
+        return stream_diff(
+            src, dst, transforms, shapes, streamed, chunk_rows, bucket_rows, progress
+        )
 
 
 def _source_position(src: psycopg.Connection[Any], config: MigrationConfig) -> int | None:
@@ -322,10 +338,10 @@ def _wait_for_pipeline(
 
 
 def _recheck(
-    src: psycopg.Connection[Any],
-    dst: psycopg.Connection[Any],
-    config: MigrationConfig,
+    sessions: tuple[Sessions, Sessions, ThreadPoolExecutor],
     transforms: Transforms,
+    shapes: Mapping[str, TableShape],
+    types: Mapping[str, Mapping[str, str]],
     candidates: list[Difference],
     caught_up: bool,
 ) -> list[Difference]:
@@ -336,81 +352,23 @@ def _recheck(
             for d in candidates
         ]
     out: list[Difference] = []
-    shapes = {str(t.source): source_shape(src, t) for t in config.tables}
-    for d in candidates:
-        spec = transforms.targets[d.target]
-        key_values = dict(zip(spec.key, json.loads(d.key), strict=True))
-        expected: dict[str, Expected] = defaultdict(dict)
-        errors: list[Difference] = []
-        for label, st in transforms.sources.items():
-            mapping = st.targets.get(d.target)
-            if mapping is None or label not in shapes:
-                continue
-            shape = shapes[label]
-            source_key = {mapping[c]: v for c, v in key_values.items()}
-            if set(source_key) != set(shape.key):
-                continue
-            for key_json, image in _source_row(src, shape, source_key):
-                _add(expected, errors, transforms, label, shape.key, key_json, image, shape.types)
-        want = expected.get(d.target, {}).get(d.key)
-        got = _target_row(dst, spec, key_values)
-        types = _target_types(dst, spec.table)
-        changed: dict[str, tuple[Any, Any]] = {}
-        if want is None and got is None:
-            category = "in_flight"
-        elif want is None:
-            category = "extra"
-        elif got is None:
-            category = "missing"
-        else:
-            changed = _compare(types, [c for c in want if c in types], want, got)
-            category = "mismatch" if changed else "in_flight"
-        if category == "in_flight":
-            out.append(
-                Difference(
-                    d.target,
-                    d.key,
-                    "in_flight",
-                    d.columns,
-                    f"was {d.category}; gone after catching up",
+    for name, diffs in group_by_target(candidates).items():
+        key_columns = transforms.targets[name].key
+        keys = [tuple(json.loads(d.key)) for d in diffs]
+        found = _evaluate(*sessions, transforms, shapes, name, key_columns, keys, types[name])
+        now = {d.key: d for d in found if d.category != "transform_error"}
+        for d in diffs:
+            persisting = now.get(d.key)
+            if persisting is None:
+                out.append(
+                    Difference(
+                        d.target,
+                        d.key,
+                        "in_flight",
+                        d.columns,
+                        f"was {d.category}; gone after catching up",
+                    )
                 )
-            )
-        else:
-            out.append(Difference(d.target, d.key, category, changed))
+            else:
+                out.append(persisting)
     return out
-
-
-def _source_row(
-    src: psycopg.Connection[Any], shape: Any, key: Mapping[str, Any]
-) -> list[tuple[str, str]]:
-    from dualwrite.capture._ddl import qualified, row_image
-
-    keys = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in shape.key)
-    r_keys = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in shape.key)
-    key_json = sql.SQL("json_build_object({})::text").format(
-        sql.SQL(", ").join(
-            sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c)) for c in shape.key
-        )
-    )
-    table = qualified(shape.source)
-    query = sql.SQL(
-        "SELECT {kj}, {img}::text FROM {t} AS t WHERE ({k}) = (SELECT {rk} FROM json_populate_record(NULL::{t}, %s::json) AS r)"
-    ).format(kj=key_json, img=row_image(shape, "t"), t=table, k=keys, rk=r_keys)
-    rows = src.execute(query, (json.dumps(dict(key), default=str),)).fetchall()
-    src.commit()
-    return [(r[0], r[1]) for r in rows]
-
-
-def _target_row(
-    dst: psycopg.Connection[Any], spec: TargetSpec, key: Mapping[str, Any]
-) -> dict[str, Any] | None:
-    match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in spec.key)
-    query = sql.SQL("SELECT * FROM {}.{} WHERE {}").format(
-        sql.Identifier(spec.table.schema), sql.Identifier(spec.table.name), match
-    )
-    with dst.cursor() as cur:
-        cur.execute(query, [key[c] for c in spec.key])
-        row = cur.fetchone()
-        names = [d.name for d in cur.description or []]
-    dst.commit()
-    return None if row is None else dict(zip(names, row, strict=True))

@@ -65,6 +65,9 @@ class Transforms:
         # is rebuilt from several targets (a merge in the rollback direction)
         self.inverse_columns: dict[str, dict[str, tuple[str, ...]]] = {}
         self.renamers: dict[str, Callable[[str], str]] = {}  # declared sources: key inference
+        self.sql_forms: dict[
+            str, dict[str, dict[str, str]]
+        ] = {}  # source -> target -> column -> SQL
         self._lock = threading.Lock()
 
     def target(
@@ -113,6 +116,14 @@ class Transforms:
             return function
 
         return register
+
+    def sql_form(self, source: str, target: str, columns: Mapping[str, str]) -> None:
+        """Declare the SQL form of ``source``'s transform into ``target`` for reconcile:
+        ``{target column: SQL expression over the source table's columns}``, one entry per
+        column the Python function produces. Reconcile then checksums the table inside both
+        databases; it checks the SQL form against the Python function on a sample of rows
+        first and ignores it (comparing in Python) when they disagree."""
+        self.sql_forms.setdefault(_name(source), {})[_name(target)] = dict(columns)
 
     # --- use ---------------------------------------------------------------------------
 
@@ -250,6 +261,7 @@ def load_transforms(config: MigrationConfig) -> Transforms:
         transforms.targets.update(found.targets)
         transforms.inverses.update(found.inverses)
         transforms.inverse_columns.update(found.inverse_columns)
+        transforms.sql_forms.update(found.sql_forms)
     for table in config.tables:
         if str(table.source) not in transforms.sources:
             _declare(transforms, table)

@@ -1,0 +1,422 @@
+"""Segment checksums inside both databases, with descent into the segments that differ.
+
+The key space of one target table is cut into segments by boundary keys taken from one side
+(sampled, in that database's key order). Each database XORs the 64-bit canonical hashes of
+every row (:mod:`reconcile._sqlcanon`) per segment, with the row count; only segments
+whose (count, XOR of hashes) differ are looked into. A differing segment larger than ``leaf_rows`` is
+cut again (``fanout`` pieces) and checksummed again, inside its key range only; a small one
+is a leaf: both sides send (key, row hash) for it and the keys whose hashes differ, or that
+one side lacks, become candidates. When most pieces of a level differ, cutting further does
+not pay, and their rows go straight to the leaf comparison (the streaming merge of hashes).
+
+Correctness does not depend on both databases ordering keys alike: a segment is whatever set
+of rows a database assigns to it, deterministically; if the two sets differ, the checksums differ
+(barring a 2**-64 accident), and a row assigned to different segments on the two sides shows
+up as a candidate on both, which the full-row comparison then clears. Candidates are only
+candidates: every one is fetched and compared in Python afterwards.
+
+Memory: one level's checksums (at most ``max_segments`` entries) and one leaf range's
+(key, hash) pairs per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from reconcile._session import Sessions
+from reconcile._sqlcanon import SqlPlan
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+Bound = tuple[str, ...]  # a key as the text of each key column
+Key = tuple[Any, ...]
+T = TypeVar("T")
+
+
+@dataclass
+class SegmentStats:
+    """What the segment comparison did (for logs and the benchmark)."""
+
+    source_rows: int = 0
+    target_rows: int = 0
+    segments: int = 0
+    differing: int = 0
+    leaf_rows_fetched: int = 0
+    queries: int = 0
+    candidates: list[Key] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    leaf_rows: int = 2000
+    max_segments: int = 4096
+    fanout: int = 16
+    many: float = 0.5  # fraction of differing pieces above which descent stops
+    batch_rows: int = 50_000  # rows per leaf query when adjacent leaves are fetched together
+    probes: int = 16  # segments checksummed first to guess whether most differ
+    parts: int = 4  # key ranges per side scanned at once for the first level
+
+
+def _col(name: str) -> sql.Composable:
+    return sql.SQL("t.{}").format(sql.Identifier(name))
+
+
+def _key(plan: SqlPlan, side: str) -> sql.Composable:
+    cols = plan.key_columns(side)
+    if len(cols) == 1:
+        return _col(cols[0])
+    return sql.SQL("ROW({})").format(sql.SQL(", ").join(_col(c) for c in cols))
+
+
+def _literal(plan: SqlPlan, side: str, bound: Bound) -> sql.Composable:
+    parts = [
+        sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(t))
+        for v, t in zip(bound, plan.key_type_names(side), strict=True)
+    ]
+    return parts[0] if len(parts) == 1 else sql.SQL("ROW({})").format(sql.SQL(", ").join(parts))
+
+
+def _range(plan: SqlPlan, side: str, lo: Bound | None, hi: Bound | None) -> sql.Composable:
+    key = _key(plan, side)
+    parts: list[sql.Composable] = []
+    if lo is not None:
+        parts.append(sql.SQL("{} >= {}").format(key, _literal(plan, side, lo)))
+    if hi is not None:
+        parts.append(sql.SQL("{} < {}").format(key, _literal(plan, side, hi)))
+    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
+
+
+def estimate_rows(conn: psycopg.Connection[Any], table: sql.Composable) -> int:
+    """The planner's row estimate, or an exact count when the table was never analysed."""
+    row = conn.execute(
+        sql.SQL("SELECT reltuples::bigint FROM pg_class WHERE oid = {}::regclass").format(
+            sql.Literal(table.as_string(conn))
+        )
+    ).fetchone()
+    estimate = -1 if row is None else int(row[0])
+    if estimate < 0:
+        count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+        estimate = 0 if count is None else int(count[0])
+    conn.commit()
+    return estimate
+
+
+def _bounds(
+    conn: psycopg.Connection[Any],
+    plan: SqlPlan,
+    side: str,
+    pieces: int,
+    rows: int,
+    lo: Bound | None,
+    hi: Bound | None,
+) -> list[Bound]:
+    """About ``pieces - 1`` boundary keys inside [lo, hi), in this database's key order."""
+    if pieces <= 1:
+        return []
+    cols = plan.key_columns(side)
+    keys = sql.SQL(", ").join(_col(c) for c in cols)
+    texts = sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in cols)
+    s_keys = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols)
+    sample: sql.Composable = sql.SQL("")
+    per_piece = max(1, rows // pieces)
+    if lo is None and hi is None and rows > 200_000:
+        # a row sample of ~8 keys per piece (uneven pieces would only cost a descent)
+        percent = min(100.0, 100.0 * 8 * pieces / rows)
+        sample = sql.SQL("TABLESAMPLE BERNOULLI ({})").format(sql.Literal(percent))
+        per_piece = 8
+    query = sql.SQL(
+        "SELECT {texts} FROM (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS rn "
+        "FROM {table} AS t {sample} WHERE {range}) AS s WHERE s.rn % {step} = 0 ORDER BY {s_keys}"
+    ).format(
+        texts=texts,
+        keys=keys,
+        table=plan.table(side),
+        sample=sample,
+        range=_range(plan, side, lo, hi),
+        step=sql.Literal(per_piece),
+        s_keys=s_keys,
+    )
+    found = [tuple(r) for r in conn.execute(query).fetchall()]
+    conn.commit()
+    distinct: list[Bound] = []
+    for b in found:
+        if not distinct or distinct[-1] != b:
+            distinct.append(b)
+    return distinct
+
+
+Checksums = dict[int, tuple[int, int]]
+
+
+def _checksums(
+    conn: psycopg.Connection[Any],
+    *,
+    plan: SqlPlan,
+    side: str,
+    bounds: Sequence[Bound],
+    lo: Bound | None,
+    hi: Bound | None,
+) -> Checksums:
+    """Per piece: (rows, XOR of the row hashes). Keys are unique on each side and part of
+    every row's hash, so no two rows of one side cancel out but by a 2**-64 accident."""
+    bucket: sql.Composable = sql.SQL("0")
+    if bounds:
+        bucket = sql.SQL("width_bucket({}, ARRAY[{}])").format(
+            _key(plan, side), sql.SQL(", ").join(_literal(plan, side, b) for b in bounds)
+        )
+    query = sql.SQL(
+        "SELECT {bucket}, count(*), bit_xor({hash}) FROM {table} AS t WHERE {range} GROUP BY 1"
+    ).format(
+        bucket=bucket,
+        hash=plan.row_hash(side),
+        table=plan.table(side),
+        range=_range(plan, side, lo, hi),
+    )
+    out = {int(seg): (int(n), int(total)) for seg, n, total in conn.execute(query).fetchall()}
+    conn.commit()
+    return out
+
+
+def _leaf(
+    conn: psycopg.Connection[Any], plan: SqlPlan, side: str, lo: Bound | None, hi: Bound | None
+) -> dict[Key, int]:
+    cols = plan.key_columns(side)
+    query = sql.SQL("SELECT {keys}, {hash} FROM {table} AS t WHERE {range}").format(
+        keys=sql.SQL(", ").join(_col(c) for c in cols),
+        hash=plan.row_hash(side),
+        table=plan.table(side),
+        range=_range(plan, side, lo, hi),
+    )
+    with conn.cursor(binary=True) as cur:
+        cur.execute(query)
+        rows = cur.fetchall()
+    conn.commit()
+    if len(cols) == 1:
+        return {(k,): h for k, h in rows}
+    return {tuple(r[:-1]): r[-1] for r in rows}
+
+
+class SegmentDiff:
+    """The segment comparison of one target table (thread-safe: each call takes sessions)."""
+
+    def __init__(
+        self,
+        plan: SqlPlan,
+        sources: Sessions,
+        targets: Sessions,
+        pool: Executor,
+        tuning: Tuning,
+    ) -> None:
+        self.plan = plan
+        self._sessions = {"source": sources, "target": targets}
+        self._pool = pool
+        self.tuning = tuning
+        self.stats = SegmentStats()
+        self._lock = threading.Lock()
+        self._counting_rows = False  # rows are counted by the leaves when no checksums ran
+
+    def _on(self, side: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._sessions[side].get() as conn:
+            return fn(conn)
+
+    def _both(self, fn: Callable[[psycopg.Connection[Any], str], T]) -> tuple[T, T]:
+        """Run ``fn`` on the source (in the pool) and on the target (here) at once."""
+        future = self._pool.submit(self._on, "source", lambda c: fn(c, "source"))
+        target = self._on("target", lambda c: fn(c, "target"))
+        return future.result(), target
+
+    def run(self) -> SegmentStats:
+        """Compare the whole table; ``stats.candidates`` holds the keys that may differ."""
+        plan, tuning = self.plan, self.tuning
+        rows = max(
+            self._on("source", lambda c: estimate_rows(c, plan.table("source"))),
+            self._on("target", lambda c: estimate_rows(c, plan.table("target"))),
+        )
+        pieces = min(tuning.max_segments, max(1, math.ceil(rows / tuning.leaf_rows)))
+        side = "target"
+        t0 = time.perf_counter()
+        bounds = self._on(side, lambda c: _bounds(c, plan, side, pieces, rows, None, None))
+        self.stats.segments = len(bounds) + 1
+        if self._mostly_differing(bounds):
+            # checksumming every segment would only confirm it: merge (key, hash) pairs at once
+            each = math.ceil(rows / self.stats.segments)
+            guess = {i: (each, 0) for i in range(self.stats.segments)}
+            self.stats.differing = len(guess)
+            self._counting_rows = True
+            self._descend_all(bounds, None, None, guess, guess, sorted(guess))
+            log.debug("%s: most segments differ: merged (key, hash) pairs", plan.target)
+            return self.stats
+        t1 = time.perf_counter()
+        src, dst = self._level_zero(bounds)
+        log.debug(
+            "%s: %d boundaries and probes in %.2f s, checksums in %.2f s",
+            plan.target,
+            len(bounds),
+            t1 - t0,
+            time.perf_counter() - t1,
+        )
+        self._count(queries=3)
+        self.stats.source_rows = sum(n for n, _ in src.values())
+        self.stats.target_rows = sum(n for n, _ in dst.values())
+        differing = self._differing(src, dst)
+        self.stats.differing = len(differing)
+        self._descend_all(bounds, None, None, src, dst, differing)
+        return self.stats
+
+    def _level_zero(self, bounds: Sequence[Bound]) -> tuple[Checksums, Checksums]:
+        """All segments' checksums on both sides, in ``parts`` key ranges per side at once
+        (so each database scans with several backends)."""
+        pieces = len(bounds) + 1
+        parts = max(1, min(self.tuning.parts, pieces))
+        edges = [round(k * pieces / parts) for k in range(parts + 1)]
+        futures: list[tuple[str, int, Future[Checksums]]] = []
+        for first, end in pairwise(edges):
+            lo = None if first == 0 else bounds[first - 1]
+            hi = None if end == pieces else bounds[end - 1]
+            inner = bounds[first : end - 1]
+            for side in ("source", "target"):
+                futures.append(
+                    (
+                        side,
+                        first,
+                        self._pool.submit(
+                            self._on,
+                            side,
+                            partial(
+                                _checksums, plan=self.plan, side=side, bounds=inner, lo=lo, hi=hi
+                            ),
+                        ),
+                    )
+                )
+        out: dict[str, Checksums] = {"source": {}, "target": {}}
+        for side, first, future in futures:
+            for local, sums in future.result().items():
+                out[side][first + local] = sums
+        self._count(queries=len(futures))
+        return out["source"], out["target"]
+
+    def _mostly_differing(self, bounds: Sequence[Bound]) -> bool:
+        """Checksum ``probes`` segments spread over the key space first; True when more than
+        ``many`` of them differ (e.g. 1% of all rows changed, scattered), so that the
+        checksums of all segments would not spare fetching (key, hash) pairs of most rows."""
+        pieces = len(bounds) + 1
+        probes = self.tuning.probes
+        if probes < 1 or pieces < 4 * probes:
+            return False
+        plan = self.plan
+        spread = sorted({(2 * k + 1) * (pieces - 2) // (2 * probes) + 1 for k in range(probes)})
+        ranges = [(bounds[i - 1], bounds[i]) for i in spread]
+
+        def sums(conn: psycopg.Connection[Any], side: str) -> list[Checksums]:
+            return [
+                _checksums(conn, plan=plan, side=side, bounds=(), lo=lo, hi=hi) for lo, hi in ranges
+            ]
+
+        src, dst = self._both(sums)
+        self._count(queries=2 * len(ranges))
+        differing = sum(1 for a, b in zip(src, dst, strict=True) if a != b)
+        return differing > self.tuning.many * len(ranges)
+
+    @staticmethod
+    def _differing(src: Checksums, dst: Checksums) -> list[int]:
+        return sorted(s for s in src.keys() | dst.keys() if src.get(s) != dst.get(s))
+
+    def _descend_all(
+        self,
+        bounds: Sequence[Bound],
+        lo: Bound | None,
+        hi: Bound | None,
+        src: Checksums,
+        dst: Checksums,
+        differing: list[int],
+        inline: bool = False,
+    ) -> None:
+        """Look into the differing pieces: in the pool from the coordinating thread, or
+        ``inline`` from a pool thread (waiting on the pool from inside it could deadlock)."""
+        if not differing:
+            return
+        pieces = len(bounds) + 1
+
+        def edges(i: int) -> tuple[Bound | None, Bound | None]:
+            return (lo if i == 0 else bounds[i - 1]), (hi if i == pieces - 1 else bounds[i])
+
+        def size(i: int) -> int:
+            return max(src.get(i, (0, 0))[0], dst.get(i, (0, 0))[0])
+
+        stop_here = len(differing) > self.tuning.many * pieces and pieces > 1
+        large = [i for i in differing if size(i) > self.tuning.leaf_rows and not stop_here]
+        small = [i for i in differing if i not in set(large)]
+        futures: list[Future[None]] = []
+
+        def start(fn: Callable[..., None], *args: Any) -> None:
+            if inline:
+                fn(*args)
+            else:
+                futures.append(self._pool.submit(fn, *args))
+
+        # adjacent small pieces are fetched together, up to batch_rows per query
+        run: list[int] = []
+        rows = 0
+        for i in [*small, -1]:
+            if run and (i != run[-1] + 1 or rows + size(i) > self.tuning.batch_rows or i < 0):
+                a, b = edges(run[0])[0], edges(run[-1])[1]
+                start(self._compare_leaf, a, b)
+                run, rows = [], 0
+            if i >= 0:
+                run.append(i)
+                rows += size(i)
+        for i in large:
+            a, b = edges(i)
+            start(self._descend, a, b, size(i))
+        for f in futures:
+            f.result()
+
+    def _descend(self, lo: Bound | None, hi: Bound | None, rows: int) -> None:
+        plan = self.plan
+        bounds = self._on(
+            "target",
+            lambda c: _bounds(c, plan, "target", self.tuning.fanout, rows, lo, hi),
+        )
+        if not bounds:
+            self._compare_leaf(lo, hi)
+            return
+        src = self._on(
+            "source", partial(_checksums, plan=plan, side="source", bounds=bounds, lo=lo, hi=hi)
+        )
+        dst = self._on(
+            "target", partial(_checksums, plan=plan, side="target", bounds=bounds, lo=lo, hi=hi)
+        )
+        self._count(queries=3)
+        self._descend_all(bounds, lo, hi, src, dst, self._differing(src, dst), inline=True)
+
+    def _compare_leaf(self, lo: Bound | None, hi: Bound | None) -> None:
+        plan = self.plan
+        src = self._on("source", lambda c: _leaf(c, plan, "source", lo, hi))
+        dst = self._on("target", lambda c: _leaf(c, plan, "target", lo, hi))
+        changed = {k for k, _ in src.items() ^ dst.items()}
+        self._count(queries=2, fetched=len(src) + len(dst), candidates=changed)
+        if self._counting_rows:
+            with self._lock:
+                self.stats.source_rows += len(src)
+                self.stats.target_rows += len(dst)
+
+    def _count(
+        self, queries: int = 0, fetched: int = 0, candidates: set[Key] | None = None
+    ) -> None:
+        with self._lock:
+            self.stats.queries += queries
+            self.stats.leaf_rows_fetched += fetched
+            self.stats.candidates.extend(candidates or ())
