@@ -433,7 +433,8 @@ class Applier:
             shape.insert(0, sql.SQL("NULL::text AS {}").format(sql.Identifier(_KEY_COLUMN)))
         self.conn.execute(
             sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {s} AS SELECT {cols} FROM {t} WITH NO DATA"
+                "CREATE TEMP TABLE IF NOT EXISTS {s} ON COMMIT DELETE ROWS "
+                "AS SELECT {cols} FROM {t} WITH NO DATA"
             ).format(
                 s=stage,
                 cols=sql.SQL(", ").join(shape),
@@ -442,7 +443,9 @@ class Applier:
                 ),
             )
         )
-        self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
+        # Emptied at every commit; a DELETE clears what an earlier use in this transaction
+        # left (cheap on an empty table, where TRUNCATE would swap the table's file each time).
+        self.conn.execute(sql.SQL("DELETE FROM {}").format(stage))
         with (
             self.conn.cursor() as cur,
             cur.copy(sql.SQL("COPY {} FROM STDIN").format(stage)) as copy,

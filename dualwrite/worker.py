@@ -429,14 +429,7 @@ def _process(
     poison in offset order, are parked; the rest is applied in one target transaction."""
     if prepared is None:
         prepared = _prepare(transforms, messages)
-    keys = sorted({p.key for p in prepared})
-    quarantined = {
-        r[0]
-        for r in conn.execute(
-            "SELECT msg_key FROM dualwrite.quarantine WHERE msg_key = ANY(%s)", (keys,)
-        )
-    }
-    conn.commit()
+    quarantined = _quarantined(conn, prepared)
     batch = _Batch(messages)
     blocked = set(quarantined)
     for p in prepared:
@@ -455,6 +448,24 @@ def _process(
         applied = _apply_one_by_one(applier, conn, batch, settings)
     last_ts = max((e.ts for _m, e, _o in batch.good), default=None)
     return _Outcome(applied, batch.poison, batch.parked, last_ts)
+
+
+_QUARANTINE_READ_WHOLE = 1000
+
+
+def _quarantined(conn: psycopg.Connection[Any], prepared: list[_Prepared]) -> set[str]:
+    """The batch's quarantined keys. Few keys are quarantined at any time, so the table is
+    read whole while it is small rather than sending every key of the batch to the server."""
+    rows = conn.execute(
+        "SELECT msg_key FROM dualwrite.quarantine LIMIT %s", (_QUARANTINE_READ_WHOLE + 1,)
+    ).fetchall()
+    if len(rows) > _QUARANTINE_READ_WHOLE:
+        keys = sorted({p.key for p in prepared})
+        rows = conn.execute(
+            "SELECT msg_key FROM dualwrite.quarantine WHERE msg_key = ANY(%s)", (keys,)
+        ).fetchall()
+    conn.commit()
+    return {r[0] for r in rows}
 
 
 def _positions(events: list[ChangeEvent]) -> dict[str, tuple[int, dt.datetime | None]]:

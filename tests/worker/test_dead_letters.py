@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from cli.main import cli
+from dualwrite import worker
 from dualwrite.dlq import dead_letters, quarantined, redrive
 from dualwrite.kafka_io import Producer
 from dualwrite.relay import run_relay
@@ -105,11 +106,14 @@ def test_poison_is_dead_lettered_quarantined_parked_and_redriven(merge_pipeline:
     ]
 
 
+@pytest.mark.parametrize("read_whole", [1000, 0], ids=["table-read-whole", "keys-looked-up"])
 def test_a_key_quarantined_by_one_batch_parks_its_events_in_the_next(
-    merge_pipeline: Pipeline,
+    merge_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, read_whole: int
 ) -> None:
     """Batch N+1 is decoded while batch N is applied; a key N quarantines at apply time (a
-    target error) must still park N+1's event of that key, not apply it out of order."""
+    target error) must still park N+1's event of that key, not apply it out of order. Both
+    ways of reading the quarantine (whole while small, else the batch's keys) are used."""
+    monkeypatch.setattr(worker, "_QUARANTINE_READ_WHOLE", read_whole)
     p = merge_pipeline
     p.source_sql("INSERT INTO {s}.person VALUES (4, 'bad city', NULL, 'forbidden')")  # CHECK fails
     p.source_sql("UPDATE {s}.person SET city = 'Rome', name = 'later' WHERE id = 4")
