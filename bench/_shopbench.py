@@ -243,6 +243,9 @@ PROFILE_CATEGORIES: list[tuple[str, str]] = [
         "Kafka: idle check (group_lag) + close",
         r"^(_group_caught_up|Consumer\.close|Producer\.close) \(",
     ),
+    ("worker: waiting for the apply thread", r"^Future\.result \("),
+    ("Kafka: dead letters + offset commit", r"^_publish_and_commit \(.*worker\.py"),
+    ("worker: prepare loop (keys, results)", r"^_prepare \(.*worker\.py"),
     ("worker: batch prep (quarantine SELECT, keys, parking)", r"^_process \(.*worker\.py"),
     ("envelope: validation + ChangeEvent", r"^decode_event \("),
     ("envelope: JSON parse (json.loads + number hooks)", r"^parse_json \("),
@@ -269,13 +272,15 @@ WAIT_LEAVES = re.compile(
 
 
 def categorise_profile(path: Path) -> dict[str, Any]:
-    """Samples per category of the main thread's stacks (those under ``run_worker``), each
-    split into waiting (leaf frame blocks: server, network, another thread) and running
-    Python; plus how busy the other threads (kafka-python's network thread) were."""
+    """Samples per category of the main thread's stacks (those under ``run_worker``) and of
+    the apply thread's (under ``_Target.process``), each split into waiting (leaf frame
+    blocks: server, network, another thread) and running Python; plus how busy the other
+    threads (kafka-python's network thread) were."""
     compiled = [(name, re.compile(rx)) for name, rx in PROFILE_CATEGORIES]
     per: dict[str, list[int]] = {}
-    main = total = 0
+    main = total = apply_thread = 0
     threads: dict[str, list[int]] = {}
+    on_apply: dict[str, list[int]] = {}
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit() or not stack.strip():
@@ -284,6 +289,17 @@ def categorise_profile(path: Path) -> dict[str, Any]:
         total += count
         frames = stack.split(";")
         waiting = bool(WAIT_LEAVES.search(frames[-1]))
+        if any(f.startswith("_Target.process (") for f in frames):
+            apply_thread += count
+            category = "apply thread: other"
+            for frame in frames:
+                for name, rx in compiled:
+                    if rx.search(frame):
+                        category = f"apply thread: {name}"
+            entry = on_apply.setdefault(category, [0, 0])
+            entry[0] += count
+            entry[1] += count if waiting else 0
+            continue
         if not any(f.startswith("run_worker (") for f in frames):
             if frames[0].startswith("<module>"):
                 root = "main thread outside run_worker (imports, set-up)"
@@ -311,6 +327,14 @@ def categorise_profile(path: Path) -> dict[str, Any]:
         "main": {
             k: {"share": round(v[0] / main, 4), "waiting_share": round(v[1] / main, 4)}
             for k, v in sorted(per.items(), key=lambda kv: -kv[1][0])
+        },
+        "samples_apply_thread": apply_thread,
+        "apply_thread": {
+            k: {
+                "share": round(v[0] / apply_thread, 4),
+                "waiting_share": round(v[1] / apply_thread, 4),
+            }
+            for k, v in sorted(on_apply.items(), key=lambda kv: -kv[1][0])
         },
         "other_threads": {
             k: {"samples": v[0], "busy_share": round(v[1] / v[0], 4)} for k, v in threads.items()

@@ -65,9 +65,11 @@ class Phases:
 def instrument(phases: Phases, transforms: Any) -> None:
     w, a = worker_mod, apply_mod.Applier
     w._poll = phases.wrap("poll", w._poll)  # type: ignore[attr-defined]
+    w._prepare = phases.wrap("prepare", w._prepare)  # type: ignore[attr-defined]
     w._process = phases.wrap("process", w._process)  # type: ignore[attr-defined]
     w.decode_event = phases.wrap("decode_event", w.decode_event)  # type: ignore[attr-defined]
     w._apply_all = phases.wrap("apply_all", w._apply_all)  # type: ignore[attr-defined]
+    w._publish_and_commit = phases.wrap("publish_and_commit", w._publish_and_commit)  # type: ignore[attr-defined]
     w._group_caught_up = phases.wrap("group_caught_up", w._group_caught_up)  # type: ignore[attr-defined]
     transforms.apply = phases.wrap("transform", transforms.apply)
     for name in ("apply", "_apply", "_claim", "_write", "_stage", "_record_positions"):
@@ -76,33 +78,33 @@ def instrument(phases: Phases, transforms: Any) -> None:
 
 
 def exclusive(ph: dict[str, float], run_s: float) -> dict[str, float]:
-    """The inclusive timers turned into exclusive phases that add up to the run."""
+    """The inclusive timers turned into exclusive phases: the main thread's add up to the run;
+    the apply thread's (``apply thread:``) run at the same time as the main thread's."""
     g = ph.get
+    main = g("poll", 0) + g("prepare", 0) + g("publish_and_commit", 0) + g("group_caught_up", 0)
     out = {
         "Kafka poll (fetch, record decoding, Message objects; group join)": g("poll", 0),
         "envelope decode (JSON parse + typed values + validation)": g("decode_event", 0),
         "transform (registry + shop functions)": g("transform", 0),
-        "batch prep (quarantine SELECT + commit, keys, loop)": g("process", 0)
-        - g("decode_event", 0)
-        - g("transform", 0)
-        - g("apply_all", 0),
-        "apply: collapse/sort/group ops": g("Applier._apply", 0)
+        "prepare loop (keys, results)": g("prepare", 0) - g("decode_event", 0) - g("transform", 0),
+        "dead letters + Kafka offset commit": g("publish_and_commit", 0),
+        "idle check (group_lag)": g("group_caught_up", 0),
+        "waiting for the apply thread (+ start-up, close)": run_s - main,
+        "apply thread: quarantine SELECT + commit, parking": g("process", 0) - g("apply_all", 0),
+        "apply thread: collapse/group ops (Python)": g("Applier._apply", 0)
         - g("Applier._claim", 0)
         - g("Applier._write", 0),
-        "bookkeeping: COPY _dw_ops + upsert dualwrite.applied RETURNING": g("Applier._claim", 0),
-        "target: COPY into staging (CREATE IF NOT EXISTS, TRUNCATE, COPY)": g("Applier._stage", 0),
-        "target: INSERT ... ON CONFLICT / DELETE statements": g("Applier._write", 0)
+        "apply thread: bookkeeping COPY _dw_ops + upsert RETURNING": g("Applier._claim", 0),
+        "apply thread: COPY into staging": g("Applier._stage", 0),
+        "apply thread: INSERT ... ON CONFLICT / DELETE statements": g("Applier._write", 0)
         - g("Applier._stage", 0),
-        "bookkeeping: source_positions upsert": g("Applier._record_positions", 0),
-        "savepoint (Applier.apply's nested transaction)": g("Applier.apply", 0)
+        "apply thread: source_positions upsert": g("Applier._record_positions", 0),
+        "apply thread: savepoint": g("Applier.apply", 0)
         - g("Applier._apply", 0)
         - g("Applier._record_positions", 0),
-        "target COMMIT (+ op list)": g("apply_all", 0) - g("Applier.apply", 0),
-        "Kafka offset commit": g("offset_commit", 0),
-        "idle check (group_lag)": g("group_caught_up", 0),
+        "apply thread: target COMMIT (+ op list)": g("apply_all", 0) - g("Applier.apply", 0),
+        "apply thread: idle (waiting for the next batch)": run_s - g("process", 0),
     }
-    top = g("poll", 0) + g("process", 0) + g("offset_commit", 0) + g("group_caught_up", 0)
-    out["other (start-up, metrics, close)"] = run_s - top
     return {k: round(v, 3) for k, v in out.items()}
 
 
@@ -142,7 +144,7 @@ def main() -> int:
 
         worker_mod._poll = timed_poll  # type: ignore[attr-defined]
 
-        def traced(*a: Any, **kw: Any) -> Any:
+        def traced(*a: Any, **kw: Any) -> Any:  # on the apply thread, after the target commit
             messages = a[4]
             result = process(*a, **kw)
             now = time.time()

@@ -873,7 +873,7 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
         run_s = prof["run_s"]
         print_table(
             "Profiled drain: wall time per phase (instrumented, exclusive)",
-            ["phase", "seconds", "share"],
+            ["phase (apply thread: concurrent with the main thread)", "seconds", "share of run"],
             [(k, v, f"{v / run_s:.1%}") for k, v in prof["phases_s"].items()],
         )
         spy = prof["py_spy"]
@@ -882,6 +882,14 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
             f"{args.profile_rate}/s, idle included)",
             ["category (deepest frame on the stack)", "share", "of which waiting"],
             [(k, f"{v['share']:.1%}", f"{v['waiting_share']:.1%}") for k, v in spy["main"].items()],
+        )
+        print_table(
+            f"py-spy, apply thread ({spy['samples_apply_thread']:,} samples, idle included)",
+            ["category (deepest frame on the stack)", "share", "of which waiting"],
+            [
+                (k, f"{v['share']:.1%}", f"{v['waiting_share']:.1%}")
+                for k, v in spy["apply_thread"].items()
+            ],
         )
         print_table(
             "py-spy, other threads",

@@ -359,7 +359,14 @@ def staged_upsert(
 
 PIDS: dict[str, int] = {}
 
-TIMED_APPLIER = ("apply", "_apply", "_claim", "_write", "_stage")
+TIMED_APPLIER = (
+    "apply",
+    "_apply",
+    "_apply_general",
+    "_upsert_absent",
+    "_delete_absent",
+    "_stage",
+)
 
 
 @contextlib.contextmanager
@@ -465,16 +472,17 @@ def backfill_in_process(
     counts = check_target(tgt_url, expected_target_rows)
     loop = result.elapsed_s
     apply_s = timers["apply"]
-    write_s = timers["_write"]
+    absent_s = timers["_upsert_absent"] + timers["_delete_absent"]
     phases = {
         "apply_total_s": round(apply_s, 2),
-        "apply_claim_bookkeeping_s": round(timers["_claim"], 2),
+        "apply_insert_absent_stmts_s": round(absent_s - timers["_stage"], 2),
         "apply_stage_copy_s": round(timers["_stage"], 2),
-        "apply_upsert_delete_stmt_s": round(write_s - timers["_stage"], 2),
-        "apply_python_collapse_s": round(timers["_apply"] - timers["_claim"] - write_s, 2),
+        "apply_general_path_s": round(timers["_apply_general"], 2),
+        "apply_python_s": round(timers["_apply"] - absent_s - timers["_apply_general"], 2),
         "apply_savepoint_s": round(apply_s - timers["_apply"], 2),
-        "quiet_probe_s": round(timers["quiet_probe"], 2),
-        "read_decode_transform_commit_s": round(loop - apply_s - timers["quiet_probe"], 2),
+        # the reader thread reads, decodes and transforms the next chunk meanwhile
+        "waiting_for_reader_and_commit_s": round(loop - apply_s, 2),
+        "quiet_probe_in_reader_s": round(timers["quiet_probe"], 2),
     }
     return {
         "chunk_rows": chunk_rows,
@@ -814,63 +822,58 @@ def _frame_line(frame: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def classify(frames: list[str], loop_index: int, source_lines: list[str]) -> str:
-    """What the backfill loop (``_backfill_table``) was doing in one sample."""
-    loop_frame = frames[loop_index]
-    line_no = _frame_line(loop_frame)
-    line = source_lines[line_no - 1] if line_no and line_no <= len(source_lines) else ""
-    below = frames[loop_index + 1 :]
-    names = [_frame_name(f) for f in below]
+def classify_reader(frames: list[str], index: int) -> str:
+    """What the backfill's reader thread (``_ChunkReader._read_all``) was doing."""
+    names = [_frame_name(f) for f in frames[index + 1 :]]
     child = names[0] if names else ""
     if child == "_wait_until_quiet":
-        return "source: SELECT 1 latency probe before each chunk"
-    if "src.execute(query" in line or "fetched = src.execute" in line:
-        if child.endswith("fetchall"):
-            return "source: rows -> Python tuples (psycopg fetchall)"
-        return "source: chunk SELECT (server: index scan + row_to_json; wire)"
-    if "src.commit" in line:
-        return "source: COMMIT"
+        return "reader: SELECT 1 latency probe before each chunk"
+    if child.endswith("_put"):
+        return "reader: chunk ready, waiting for the applying thread"
+    if "fetchall" in " ".join(names):
+        return "reader: rows -> Python tuples (psycopg fetchall)"
+    if child == "execute" or child.endswith("Connection.execute") or child.endswith("commit"):
+        return "reader: chunk SELECT / COMMIT (server: index scan + row_to_json; wire)"
     if "parse_json" in names:
-        return "decode: json.loads + Decimal/int hooks (envelope.parse_json)"
-    if "_decode_row" in names:
-        return "decode: typed values (envelope._decode_row)"
-    if child == "decode_image":
-        return "decode: decode_image call"
-    if child.endswith("Transforms.apply") or (child == "apply" and "transforms.apply" in line):
+        return "reader: decode JSON (envelope.parse_json)"
+    if child.endswith("RowDecoder.__call__") or "_decode_row" in names:
+        return "reader: decode typed values (envelope.RowDecoder)"
+    if child.endswith("Transforms.apply") or child == "apply":
         if "berlin_to_utc" in names or "_exists" in names:
-            return "transform: berlin_to_utc (zoneinfo)"
+            return "reader: transform: berlin_to_utc (zoneinfo)"
         if any(n == "order" or n.endswith(".order") for n in names):
-            return "transform: shop order() other (status, cents, currency)"
-        return "transform: registry (TargetOp building, checks)"
-    if child.endswith("Applier.apply"):
-        if "Applier._claim" in names:
-            return "apply: bookkeeping (COPY _dw_ops + INSERT ... ON CONFLICT dualwrite.applied)"
+            return "reader: transform: shop order() other (status, cents, currency)"
+        return "reader: transform: registry (TargetOp building, checks)"
+    return "reader: other Python (key dict, ops list)"
+
+
+def classify(frames: list[str], index: int) -> str:
+    """What the applying thread (``_backfill_table``) was doing in one sample."""
+    names = [_frame_name(f) for f in frames[index + 1 :]]
+    child = names[0] if names else ""
+    if child.endswith("next"):
+        return "apply thread: waiting for the reader's next chunk"
+    if "Applier.apply" in names or "apply" in names[1:2]:
         if "Applier._stage" in names:
-            if "_adapt" in names:
-                return "apply: value adaptation (_adapt)"
-            return "apply: COPY into staging (incl. CREATE IF NOT EXISTS + TRUNCATE)"
-        if "Applier._write" in names or "Applier._delete_owned" in names:
-            if "_adapt" in names:
-                return "apply: value adaptation (_adapt)"
-            return "apply: INSERT ... ON CONFLICT / DELETE from staging"
-        if "key_text" in names or "TargetOp.key_text" in names:
-            return "apply: key_text json.dumps (collapse)"
+            return "apply thread: COPY into staging (incl. CREATE IF NOT EXISTS + TRUNCATE)"
+        if "Applier._upsert_absent" in names or "Applier._delete_absent" in names:
+            return "apply thread: claim + INSERT/DELETE statement (insert-if-absent)"
+        if "Applier._apply_general" in names:
+            return "apply thread: general path (deletes of merged rows)"
         if "Applier._apply" in names:
-            return "apply: collapse newest per key, sort, group (Python)"
-        return "apply: SAVEPOINT / RELEASE"
-    if "dst.execute" in line or "UPDATE dualwrite.backfill_progress" in line:
-        return "target: progress UPDATE"
-    if "dst.transaction" in line:
-        return "target: COMMIT"
-    if child == "progress" or "progress(" in line or "BackfillProgress" in line:
-        return "progress callback (CLI JSON line)"
-    return "backfill loop: other Python (key dict, ops list, bookkeeping)"
+            return "apply thread: group by key / rows (Python)"
+        return "apply thread: SAVEPOINT / RELEASE"
+    if child.endswith("_apply_chunk"):
+        return "apply thread: progress UPDATE / COMMIT"
+    if child == "progress" or "BackfillProgress" in names:
+        return "apply thread: progress callback (CLI JSON line)"
+    return "apply thread: other"
 
 
 def categorise(profile: Path) -> dict[str, Any]:
-    source_lines = Path(bf.__file__).read_text().splitlines()
     per: dict[str, list[int]] = {}
     total = in_loop = outside = 0
+    thread_samples = {"reader": 0, "apply thread": 0}
     for raw in profile.read_text().splitlines():
         stack, _, count_text = raw.rpartition(" ")
         if not count_text.isdigit() or not stack.strip():
@@ -878,12 +881,22 @@ def categorise(profile: Path) -> dict[str, Any]:
         count = int(count_text)
         total += count
         frames = stack.split(";")
-        index = next((i for i, f in enumerate(frames) if _frame_name(f) == "_backfill_table"), None)
-        if index is None:
+        reader = next(
+            (i for i, f in enumerate(frames) if _frame_name(f).endswith("_read_all")), None
+        )
+        applying = next(
+            (i for i, f in enumerate(frames) if _frame_name(f) == "_backfill_table"), None
+        )
+        if reader is not None:
+            category = classify_reader(frames, reader)
+            thread_samples["reader"] += count
+        elif applying is not None:
+            category = classify(frames, applying)
+            thread_samples["apply thread"] += count
+        else:
             outside += count
             continue
         in_loop += count
-        category = classify(frames, index, source_lines)
         waiting = bool(WAIT_LEAF.search(_frame_name(frames[-1])))
         entry = per.setdefault(category, [0, 0])
         entry[0] += count
@@ -892,9 +905,11 @@ def categorise(profile: Path) -> dict[str, Any]:
         "samples": total,
         "samples_in_loop": in_loop,
         "samples_outside_loop": outside,
+        "thread_samples": thread_samples,
         "categories": {
             k: {
-                "share_of_loop": round(v[0] / in_loop, 4) if in_loop else None,
+                # share of that thread's samples (both threads run for the whole loop)
+                "share_of_loop": round(v[0] / thread_samples[k.split(":")[0]], 4),
                 "waiting_share": round(v[1] / v[0], 4) if v[0] else None,
                 "samples": v[0],
             }

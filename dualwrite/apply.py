@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import operator
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from sqlalchemy import Engine
 from dualwrite.config import QualifiedName
 from dualwrite.errors import DualwriteError
 from dualwrite.origin import MARK_TOOLKIT_WRITE
-from dualwrite.transform import TargetOp, TargetSpec, Transforms
+from dualwrite.transform import TargetOp, TargetSpec, Transforms, key_text
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class Applier:
         self.transforms = transforms
         self._targets: dict[QualifiedName, _TargetInfo] = {}
         self._orders: dict[tuple[QualifiedName, ...], list[QualifiedName] | None] = {}
+        self._names: dict[QualifiedName, str] = {}  # str() of a name runs two regexes
 
     def apply(
         self,
@@ -125,14 +127,25 @@ class Applier:
     # --- internals -----------------------------------------------------------------------
 
     def _apply(self, ops: Sequence[TargetOp]) -> ApplyResult:
+        if ops and all(op.version == 0 for op in ops):
+            applied = self._apply_absent(ops)
+        else:
+            applied = self._apply_general(ops)
+        return ApplyResult(applied, len(ops) - applied)
+
+    def _apply_general(self, ops: Sequence[TargetOp]) -> int:
+        names = self._names
         newest: dict[tuple[str, str, str], TargetOp] = {}
         for op in ops:
-            ident = (str(op.target), op.key_text, op.source)
+            target = names.get(op.target)
+            if target is None:
+                target = names[op.target] = str(op.target)
+            ident = (target, key_text(op.key), op.source)
             current = newest.get(ident)
             if current is None or op.version > current.version:
                 newest[ident] = op
         if not newest:
-            return ApplyResult(0, len(ops))
+            return 0
         winners = self._claim(newest)
         spec_of = self.transforms.targets
         by_target: dict[QualifiedName, list[TargetOp]] = defaultdict(list)
@@ -143,20 +156,20 @@ class Applier:
         targets = sorted(by_target, key=str)
         order = self._parents_first(targets)
         if order is None:  # no foreign keys between them: one table after the other
-            for target in targets:
-                applied += self._write(target, spec_of[str(target)], by_target[target])
-            return ApplyResult(applied, len(ops) - applied)
+            for table in targets:
+                applied += self._write(table, spec_of[names[table]], by_target[table])
+            return applied
         # Foreign keys between target tables (the old schema, in the rollback direction):
         # deletes child tables first, upserts parent tables first.
-        for target in reversed(order):
-            deletes = [op for op in by_target[target] if op.is_delete]
+        for table in reversed(order):
+            deletes = [op for op in by_target[table] if op.is_delete]
             if deletes:
-                applied += self._write(target, spec_of[str(target)], deletes)
-        for target in order:
-            upserts = [op for op in by_target[target] if not op.is_delete]
+                applied += self._write(table, spec_of[names[table]], deletes)
+        for table in order:
+            upserts = [op for op in by_target[table] if not op.is_delete]
             if upserts:
-                applied += self._write(target, spec_of[str(target)], upserts)
-        return ApplyResult(applied, len(ops) - applied)
+                applied += self._write(table, spec_of[names[table]], upserts)
+        return applied
 
     def _parents_first(self, targets: list[QualifiedName]) -> list[QualifiedName] | None:
         """``targets`` with every table after the tables its foreign keys reference (name
@@ -201,9 +214,10 @@ class Applier:
             "source_table text, version bigint, deleted boolean) ON COMMIT DELETE ROWS"
         )
         with self.conn.cursor() as cur:
+            # The INSERT below orders the rows (the lock order); the COPY order does not matter.
             with cur.copy("COPY _dw_ops FROM STDIN") as copy:
-                for (target, key, source), op in sorted(newest.items()):
-                    copy.write_row((target, key, source, op.version, op.is_delete))
+                for (target, key, source), op in newest.items():
+                    copy.write_row((target, key, source, op.version, op.values is None))
             cur.execute(
                 "INSERT INTO dualwrite.applied AS a (target_table, target_key, source_table, version, deleted) "
                 "SELECT target_table, target_key, source_table, version, deleted FROM _dw_ops "
@@ -214,6 +228,138 @@ class Applier:
                 "RETURNING target_table, target_key, source_table"
             )
             return {(r[0], r[1], r[2]) for r in cur.fetchall()}
+
+    def _apply_absent(self, ops: Sequence[TargetOp]) -> int:
+        """Version-0 operations (snapshot reads: the backfill), written only where no version
+        at all is recorded for their (target, key, source): insert-if-absent.
+
+        The same decision as :meth:`_claim` makes for version 0 (``0 < applied.version`` is
+        never true, so only a missing bookkeeping row admits it), in one statement per target
+        table and source: the staged rows carry their key text, the bookkeeping insert
+        (``ON CONFLICT DO NOTHING``, in key order) returns the keys it claimed, and the data
+        statement writes exactly those. A concurrent stream writer's claim of the same key
+        waits for this transaction and then wins (its version is at least 1). Deletes of a
+        merged row take the general path (they must check the other owners).
+        """
+        names = self._names
+        groups: dict[tuple[str, str, tuple[str, ...] | None], dict[str, TargetOp]] = {}
+        general: list[TargetOp] = []
+        for op in ops:
+            target = names.get(op.target)
+            if target is None:
+                target = names[op.target] = str(op.target)
+            columns = None if op.values is None else tuple(op.values)
+            if columns is None and self.transforms.targets[target].owners:
+                general.append(op)
+                continue
+            # Equal versions: the first operation of a key stays, as in the general path.
+            groups.setdefault((target, op.source, columns), {}).setdefault(key_text(op.key), op)
+        applied = 0
+        ordered = sorted(
+            groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or ())
+        )
+        tables = sorted({next(iter(g.values())).target for g in groups.values()}, key=str)
+        parents_first = self._parents_first(tables)
+        if parents_first is not None:  # foreign keys: deletes child first, upserts parent first
+            rank = {names[t]: i for i, t in enumerate(parents_first)}
+            ordered.sort(
+                key=lambda item: (
+                    (0, -rank[item[0][0]]) if item[0][2] is None else (1, rank[item[0][0]])
+                )
+            )
+        for (target, source, columns), by_key in ordered:
+            table = next(iter(by_key.values())).target
+            spec = self.transforms.targets[target]
+            info = self._info(table)
+            if _KEY_COLUMN in info.columns:
+                general.extend(by_key.values())
+                continue
+            if columns is None:
+                applied += self._delete_absent(table, spec, info, target, source, by_key)
+            else:
+                applied += self._upsert_absent(table, spec, info, target, source, columns, by_key)
+        if general:
+            applied += self._apply_general(general)
+        return applied
+
+    def _upsert_absent(
+        self,
+        table: QualifiedName,
+        spec: TargetSpec,
+        info: _TargetInfo,
+        target: str,
+        source: str,
+        columns: tuple[str, ...],
+        by_key: Mapping[str, TargetOp],
+    ) -> int:
+        unknown = [c for c in columns if c not in info.columns]
+        if unknown:
+            raise ApplyError(f"target table {table} has no column(s) {', '.join(unknown)}")
+        group = list(by_key.values())
+        rows = [
+            (key, *row)
+            for key, row in zip(by_key, _rows(group, columns, info.columns), strict=True)
+        ]
+        stage = self._stage(table, info, list(columns), rows, key_column=True)
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "WITH claimed AS ({claim}) "
+                    "INSERT INTO {t} ({cols}) SELECT {s_cols} FROM {s} AS s "
+                    'JOIN claimed AS c ON c.target_key = s.{k} ORDER BY s.{k} COLLATE "C" '
+                    "ON CONFLICT ({conflict}) {action}"
+                ).format(
+                    claim=_claim_absent(stage, deleted=False),
+                    t=_table(table),
+                    cols=cols,
+                    s_cols=sql.SQL(", ").join(
+                        sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns
+                    ),
+                    s=stage,
+                    k=sql.Identifier(_KEY_COLUMN),
+                    conflict=sql.SQL(", ").join(sql.Identifier(c) for c in spec.key),
+                    action=_upsert_action(columns, spec.key),
+                ),
+                (target, source),
+            )
+            return max(cur.rowcount, 0)
+
+    def _delete_absent(
+        self,
+        table: QualifiedName,
+        spec: TargetSpec,
+        info: _TargetInfo,
+        target: str,
+        source: str,
+        by_key: Mapping[str, TargetOp],
+    ) -> int:
+        stage = self._stage(
+            table,
+            info,
+            list(spec.key),
+            [(key, *op.key) for key, op in by_key.items()],
+            key_column=True,
+        )
+        match = sql.SQL(" AND ").join(
+            sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in spec.key
+        )
+        row = self.conn.execute(
+            sql.SQL(
+                "WITH claimed AS ({claim}), "
+                "gone AS (DELETE FROM {t} AS t USING {s} AS s, claimed AS c "
+                "WHERE c.target_key = s.{k} AND {match}) "
+                "SELECT count(*) FROM claimed"
+            ).format(
+                claim=_claim_absent(stage, deleted=True),
+                t=_table(table),
+                s=stage,
+                k=sql.Identifier(_KEY_COLUMN),
+                match=match,
+            ),
+            (target, source),
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def _info(self, target: QualifiedName) -> _TargetInfo:
         info = self._targets.get(target)
@@ -269,20 +415,11 @@ class Applier:
             unknown = [c for c in columns if c not in info.columns]
             if unknown:
                 raise ApplyError(f"target table {target} has no column(s) {', '.join(unknown)}")
-            rows = [tuple(_adapt(op.values[c], info.columns[c]) for c in columns) for op in group]  # type: ignore[index]
+            rows = _rows(group, columns, info.columns)
             stage = self._stage(target, info, list(columns), rows)
-            non_key = [c for c in columns if c not in key_cols]
             cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
             conflict = sql.SQL(", ").join(sql.Identifier(c) for c in key_cols)
-            action = (
-                sql.SQL("DO UPDATE SET {}").format(
-                    sql.SQL(", ").join(
-                        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key
-                    )
-                )
-                if non_key
-                else sql.SQL("DO NOTHING")
-            )
+            action = _upsert_action(columns, spec.key)
             self.conn.execute(
                 sql.SQL(
                     "INSERT INTO {t} ({cols}) SELECT {cols} FROM {s} ON CONFLICT ({k}) {a}"
@@ -349,22 +486,33 @@ class Applier:
         info: _TargetInfo,
         columns: list[str],
         rows: Sequence[Sequence[Any]],
+        *,
+        key_column: bool = False,
     ) -> sql.Composable:
-        """COPY ``rows`` into a per-session temp table shaped like ``columns`` of the target."""
-        name = f"_dw_s_{abs(hash((str(target), tuple(columns)))) % 10**12}"
+        """COPY ``rows`` into a per-session temp table shaped like ``columns`` of the target
+        (after a leading text column of key texts with ``key_column``)."""
+        name = (
+            f"_dw_{'k' if key_column else 's'}_{abs(hash((str(target), tuple(columns)))) % 10**12}"
+        )
         stage = sql.Identifier(name)
+        shape: list[sql.Composable] = [sql.Identifier(c) for c in columns]
+        if key_column:
+            shape.insert(0, sql.SQL("NULL::text AS {}").format(sql.Identifier(_KEY_COLUMN)))
         self.conn.execute(
             sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {s} AS SELECT {cols} FROM {t} WITH NO DATA"
+                "CREATE TEMP TABLE IF NOT EXISTS {s} ON COMMIT DELETE ROWS "
+                "AS SELECT {cols} FROM {t} WITH NO DATA"
             ).format(
                 s=stage,
-                cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+                cols=sql.SQL(", ").join(shape),
                 t=sql.SQL("{}.{}").format(
                     sql.Identifier(target.schema), sql.Identifier(target.name)
                 ),
             )
         )
-        self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
+        # Emptied at every commit; a DELETE clears what an earlier use in this transaction
+        # left (cheap on an empty table, where TRUNCATE would swap the table's file each time).
+        self.conn.execute(sql.SQL("DELETE FROM {}").format(stage))
         with (
             self.conn.cursor() as cur,
             cur.copy(sql.SQL("COPY {} FROM STDIN").format(stage)) as copy,
@@ -382,6 +530,52 @@ class Applier:
             "source_ts = GREATEST(p.source_ts, EXCLUDED.source_ts), applied_at = now()",
             ([k for k, _ in items], [v for _, (v, _t) in items], [t for _, (_v, t) in items]),
         )
+
+
+_KEY_COLUMN = "_dw_target_key"  # the key text column of the insert-if-absent staging tables
+
+
+def _table(name: QualifiedName) -> sql.Composable:
+    return sql.SQL("{}.{}").format(sql.Identifier(name.schema), sql.Identifier(name.name))
+
+
+def _upsert_action(columns: Sequence[str], key: Sequence[str]) -> sql.Composable:
+    """``DO UPDATE SET`` the non-key ``columns`` (only those: a merge owner's), or
+    ``DO NOTHING`` when there are none."""
+    non_key = [c for c in columns if c not in key]
+    if not non_key:
+        return sql.SQL("DO NOTHING")
+    return sql.SQL("DO UPDATE SET {}").format(
+        sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key
+        )
+    )
+
+
+def _claim_absent(stage: sql.Composable, *, deleted: bool) -> sql.Composable:
+    """The version-0 bookkeeping insert of a keyed stage (parameters: target, source), in
+    key order as :meth:`Applier._claim` locks; returns the claimed key texts."""
+    return sql.SQL(
+        "INSERT INTO dualwrite.applied AS a (target_table, target_key, source_table, version, deleted) "
+        "SELECT %s, s.{k}, %s, 0, {deleted} FROM {s} AS s ORDER BY s.{k} "
+        "ON CONFLICT (target_table, target_key, source_table) DO NOTHING "
+        "RETURNING a.target_key"
+    ).format(k=sql.Identifier(_KEY_COLUMN), deleted=sql.Literal(deleted), s=stage)
+
+
+def _rows(
+    ops: Sequence[TargetOp], columns: tuple[str, ...], types: Mapping[str, str]
+) -> list[tuple[Any, ...]]:
+    """The staging rows of ``ops`` (which all write ``columns``), json values adapted."""
+    if not any(types[c] in ("json", "jsonb") for c in columns):
+        get = operator.itemgetter(*columns)
+        if len(columns) == 1:
+            return [(get(op.values),) for op in ops]  # type: ignore[arg-type]
+        return [get(op.values) for op in ops]  # type: ignore[arg-type]
+    return [
+        tuple(_adapt(op.values[c], types[c]) for c in columns)  # type: ignore[index]
+        for op in ops
+    ]
 
 
 def _adapt(value: Any, type_name: str) -> Any:

@@ -21,7 +21,9 @@ the target in the same transaction as the chunk, so a restart resumes exactly af
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -33,11 +35,12 @@ from sqlalchemy import Engine
 
 from dualwrite import capture
 from dualwrite.apply import Applier, ensure_bookkeeping
+from dualwrite.capture._ddl import TableShape
 from dualwrite.config import MigrationConfig, TableConfig
-from dualwrite.envelope import EnvelopeError
+from dualwrite.envelope import EnvelopeError, RowDecoder, parse_json
 from dualwrite.errors import DualwriteError
-from dualwrite.snapshot import chunk_queries, connect, decode_image, source_shape
-from dualwrite.transform import Transforms
+from dualwrite.snapshot import chunk_queries, connect, source_shape
+from dualwrite.transform import TargetOp, Transforms
 
 __all__ = ["BackfillError", "BackfillProgress", "BackfillSettings", "TableBackfill", "run_backfill"]
 
@@ -181,57 +184,35 @@ def _backfill_table(
         log.info("%s (shard %s) was already backfilled; --restart to do it again", label, shard)
         return TableBackfill(label, 0, rows_done, 0, 0.0, True, True)
     resumed = last_key is not None
-    query_first, query_next = chunk_queries(
-        shape, settings.chunk_rows, settings.shard, settings.shards
-    )
     t0 = time.monotonic()
     rows = chunks = 0
-    while not stop.is_set():
-        _wait_until_quiet(src, settings, stop)
-        t_chunk = time.monotonic()
-        if last_key is None:
-            fetched = src.execute(query_first).fetchall()
-        else:
-            fetched = src.execute(query_next, (last_key,)).fetchall()
-        src.commit()
-        if not fetched:
-            dst.execute(
-                "UPDATE dualwrite.backfill_progress SET finished_at = now(), updated_at = now() "
-                "WHERE source_table = %s AND shard = %s",
-                (label, shard),
-            )
-            dst.commit()
-            break
-        ops = []
-        for key_text, image in fetched:
-            try:
-                record = decode_image(image, shape.types)
-            except EnvelopeError as exc:
-                raise BackfillError(f"{label}: row {key_text} cannot be decoded: {exc}") from None
-            key = {c: record[c] for c in shape.key}
-            ops.extend(applier.transforms.apply(label, "read", key, record, 0))
-        last_key = fetched[-1][0]
-        with dst.transaction():
-            applier.apply(ops)
-            dst.execute(
-                "UPDATE dualwrite.backfill_progress SET last_key = %s::json, rows_done = rows_done + %s, "
-                "updated_at = now() WHERE source_table = %s AND shard = %s",
-                (last_key, len(fetched), label, shard),
-            )
-        rows += len(fetched)
-        chunks += 1
-        elapsed = time.monotonic() - t0
-        if progress is not None:
-            progress(
-                BackfillProgress(
-                    label, rows_done + rows, estimate, rows / elapsed if elapsed else 0.0, False
+    reader = _ChunkReader(src, applier.transforms, shape, settings, last_key, stop)
+    reader.start()
+    try:
+        while not stop.is_set():
+            chunk = reader.next()
+            if chunk is None and stop.is_set():
+                break
+            if chunk is None:
+                dst.execute(
+                    "UPDATE dualwrite.backfill_progress SET finished_at = now(), updated_at = now() "
+                    "WHERE source_table = %s AND shard = %s",
+                    (label, shard),
                 )
-            )
-        if settings.max_rows_per_s:
-            budget = len(fetched) / settings.max_rows_per_s
-            spent = time.monotonic() - t_chunk
-            if budget > spent:
-                stop.wait(budget - spent)
+                dst.commit()
+                break
+            _apply_chunk(dst, applier, chunk, label, shard, stop)
+            rows += chunk.rows
+            chunks += 1
+            elapsed = time.monotonic() - t0
+            if progress is not None:
+                progress(
+                    BackfillProgress(
+                        label, rows_done + rows, estimate, rows / elapsed if elapsed else 0.0, False
+                    )
+                )
+    finally:
+        reader.close()
     elapsed = time.monotonic() - t0
     done = not stop.is_set()
     if progress is not None:
@@ -241,6 +222,154 @@ def _backfill_table(
             )
         )
     return TableBackfill(label, rows, rows_done + rows, chunks, elapsed, resumed, done)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    rows: int
+    last_key: str  # JSON of the chunk's last source key: the progress mark
+    ops: list[TargetOp]
+
+
+_DEADLOCK_RETRIES = 5
+_ROLLED_BACK = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.TransactionRollback,
+)
+
+
+def _apply_chunk(
+    dst: psycopg.Connection[Any],
+    applier: Applier,
+    chunk: _Chunk,
+    label: str,
+    shard: str,
+    stop: threading.Event,
+) -> None:
+    """Apply one chunk and move the progress mark, in one target transaction.
+
+    A deadlock with a stream worker writing the same merged rows (each orders its own writes,
+    but a worker's batch writes one merged row per owner's column set) rolls the chunk back;
+    it is retried, a bounded number of times."""
+    for attempt in range(1, _DEADLOCK_RETRIES + 1):
+        try:
+            with dst.transaction():
+                applier.apply(chunk.ops)
+                dst.execute(
+                    "UPDATE dualwrite.backfill_progress SET last_key = %s::json, "
+                    "rows_done = rows_done + %s, updated_at = now() "
+                    "WHERE source_table = %s AND shard = %s",
+                    (chunk.last_key, chunk.rows, label, shard),
+                )
+            return
+        except _ROLLED_BACK as exc:
+            if attempt == _DEADLOCK_RETRIES:
+                raise
+            log.info("%s: chunk rolled back (%s); retrying", label, type(exc).__name__)
+            stop.wait(0.05 * attempt)
+
+
+class _ChunkReader:
+    """Reads, decodes and transforms the next chunk on its own thread while the current one is
+    applied (psycopg waits and the target's work run without the GIL), one chunk ahead.
+
+    Owns the source connection until :meth:`close`. Paces reads to ``max_rows_per_s`` and
+    backs off while the source is busy. A failure is re-raised by :meth:`next`."""
+
+    def __init__(
+        self,
+        src: psycopg.Connection[Any],
+        transforms: Transforms,
+        shape: TableShape,
+        settings: BackfillSettings,
+        last_key: str | None,
+        stop: threading.Event,
+    ) -> None:
+        self._src = src
+        self._transforms = transforms
+        self._shape = shape
+        self._settings = settings
+        self._last_key = last_key
+        self._stop = stop
+        self._closed = threading.Event()
+        self._queue: queue.Queue[_Chunk | BaseException | None] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._run, name="backfill-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def next(self) -> _Chunk | None:
+        """The next chunk; None at the end of the table, or when ``stop`` ended the reading
+        first (the caller tells the two apart by ``stop``)."""
+        while True:
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._thread.is_alive():
+                    continue
+                try:  # it may have handed over its last item just before ending
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    return None  # it ended without an item: only ``stop`` does that
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(queue.Empty):
+            self._queue.get_nowait()  # unblock a reader waiting to hand over a chunk
+        self._thread.join()
+
+    def _put(self, item: _Chunk | BaseException | None) -> None:
+        while not self._closed.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.2)
+                return
+
+    def _run(self) -> None:
+        try:
+            self._read_all()
+        except BaseException as exc:  # handed to the applying thread
+            self._put(exc)
+
+    def _read_all(self) -> None:
+        settings, src, label = self._settings, self._src, str(self._shape.source)
+        query_first, query_next = chunk_queries(
+            self._shape, settings.chunk_rows, settings.shard, settings.shards
+        )
+        decode = RowDecoder(self._shape.types)
+        key_columns = self._shape.key
+        transform = self._transforms.apply
+        while not self._stop.is_set() and not self._closed.is_set():
+            _wait_until_quiet(src, settings, self._stop)
+            t_chunk = time.monotonic()
+            if self._last_key is None:
+                fetched = src.execute(query_first).fetchall()
+            else:
+                fetched = src.execute(query_next, (self._last_key,)).fetchall()
+            src.commit()
+            if not fetched:
+                self._put(None)
+                return
+            ops: list[TargetOp] = []
+            for key_text, image in fetched:
+                try:
+                    record = decode(parse_json(image))
+                except (EnvelopeError, ValueError) as exc:
+                    raise BackfillError(
+                        f"{label}: row {key_text} cannot be decoded: {exc}"
+                    ) from None
+                key = {c: record[c] for c in key_columns}
+                ops.extend(transform(label, "read", key, record, 0))
+            self._last_key = fetched[-1][0]
+            self._put(_Chunk(len(fetched), self._last_key, ops))
+            if settings.max_rows_per_s:
+                budget = len(fetched) / settings.max_rows_per_s
+                spent = time.monotonic() - t_chunk
+                if budget > spent:
+                    self._stop.wait(budget - spent)
 
 
 def _estimate(src: psycopg.Connection[Any], table: TableConfig) -> int:

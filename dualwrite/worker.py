@@ -4,9 +4,10 @@ One worker is one consumer-group member; scale by running more processes. Per ba
 
 1. poll up to ``batch_size`` events (or until ``linger_ms`` passes);
 2. decode and transform each in offset order. Poison (undecodable, unknown table, failing
-   transform) goes to the dead-letter topic and its key is quarantined; later events of a
-   quarantined key are parked on the target (``dualwrite.parked``) instead of being applied
-   out of order, until ``dualwrite dlq redrive``;
+   transform) goes to the dead-letter topic and its key is quarantined; events of a
+   quarantined key (decided when the batch is applied) are parked on the target
+   (``dualwrite.parked``) instead of being applied out of order, until ``dualwrite dlq
+   redrive``;
 3. apply the rest in one target transaction (:class:`dualwrite.apply.Applier`); if the target
    rejects the batch, events are applied one by one and those that still fail are dead-
    lettered (after bounded retries) and quarantined the same way;
@@ -14,6 +15,10 @@ One worker is one consumer-group member; scale by running more processes. Per ba
 5. only then commit the Kafka offsets (invariant 5).
 
 A crash anywhere redelivers the batch; the version guard makes the replay a no-op.
+
+Steps 1-2 of batch N+1 run on the calling thread while step 3 of batch N runs on an apply
+thread (which owns the target connection); steps 4-5 of N follow N's commit on the calling
+thread, which alone uses the Kafka consumer.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,87 +172,165 @@ def run_worker(
         max_poll_records=settings.batch_size,
     )
     producer = Producer(servers, client_id=f"{config.kafka.client_id}-worker-dlq")
-    conn = _connect(engine)
-    applier = Applier(conn, transforms)
+    target = _Target(engine, transforms, stop)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dualwrite-apply")
     t0 = time.monotonic()
-    consumed = applied = dead = parked = batches = 0
+    totals = _Totals()
     idle_since: float | None = None
     last_log = time.monotonic()
+    pending: tuple[list[Message], Future[_Outcome]] | None = None
+
+    def complete(messages: list[Message], applying: Future[_Outcome]) -> None:
+        """The batch's target commit, then its dead letters, then its offsets (in that order)."""
+        result = applying.result()
+        _publish_and_commit(consumer, producer, config, stop, messages, result)
+        totals.add(len(messages), result, metrics)
+        if on_batch is not None:
+            on_batch(len(messages))
+
     try:
         while not stop.is_set():
             messages = _poll(consumer, settings, stop)
-            if not messages:
-                if until_idle:
-                    idle_since = idle_since or time.monotonic()
-                    if time.monotonic() - idle_since >= settings.idle_s and _group_caught_up(
-                        config
-                    ):
-                        break
-                continue
-            idle_since = None
-            failures = 0
-            while True:
-                try:
-                    result = _process(applier, conn, config, transforms, messages, settings)
-                    break
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    failures += 1
-                    log.warning(
-                        "target database unavailable (%s); retrying the batch",
-                        redact_text(str(exc).strip()),
-                    )
-                    _sleep(stop, failures)
-                    conn = _reconnect(engine, conn)
-                    applier = Applier(conn, transforms)
-            for _attempt in range(1000):
-                try:
-                    _publish_dead_letters(producer, config, result.poison)
-                    break
-                except ServiceUnavailableError as exc:
-                    log.warning("cannot publish dead letters (%s); retrying", exc)
-                    _sleep(stop, _attempt + 1)
-            for attempt in range(1, 1000):
-                try:
-                    if not consumer.commit(_next_offsets(messages)):
-                        log.warning(
-                            "the group rebalanced during the batch; its new owner re-reads it (no effect)"
-                        )
-                    break
-                except ServiceUnavailableError as exc:
-                    log.warning("%s; retrying", exc)
-                    _sleep(stop, attempt)
-            consumed += len(messages)
-            applied += result.applied
-            dead += len(result.poison)
-            parked += len(result.parked)
-            batches += 1
-            metrics.inc("worker_events_total", len(messages))
-            metrics.inc("worker_applied_total", result.applied)
-            metrics.inc("worker_dead_letters_total", len(result.poison))
-            metrics.inc("worker_parked_total", len(result.parked))
-            metrics.inc("worker_batches_total")
-            if result.last_ts is not None:
-                metrics.set(
-                    "worker_end_to_end_lag_seconds",
-                    (dt.datetime.now(dt.UTC) - result.last_ts).total_seconds(),
+            # Decoded and transformed here while the previous batch is applied on the apply
+            # thread (its database round trips release the GIL).
+            prepared = _prepare(transforms, messages) if messages else []
+            if pending is not None:
+                complete(*pending)
+                pending = None
+            if messages:
+                idle_since = None
+                pending = (
+                    messages,
+                    executor.submit(target.process, config, messages, settings, prepared),
                 )
-            if on_batch is not None:
-                on_batch(len(messages))
+            elif until_idle:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= settings.idle_s and _group_caught_up(config):
+                    break
             if time.monotonic() - last_log >= 10.0:
-                log.info(
-                    "consumed %d event(s), applied %d, dead-lettered %d, parked %d; end-to-end lag %.1fs",
-                    consumed,
-                    applied,
-                    dead,
-                    parked,
-                    metrics.get("worker_end_to_end_lag_seconds"),
-                )
+                totals.log(metrics)
                 last_log = time.monotonic()
+        if pending is not None:
+            complete(*pending)
+            pending = None
     finally:
+        executor.shutdown(wait=True)  # a batch still being applied is not committed: redelivered
         consumer.close()
         producer.close()
-        conn.close()
-    return WorkerResult(consumed, applied, dead, parked, batches, time.monotonic() - t0)
+        target.close()
+    return WorkerResult(
+        totals.consumed,
+        totals.applied,
+        totals.dead,
+        totals.parked,
+        totals.batches,
+        time.monotonic() - t0,
+    )
+
+
+class _Target:
+    """The target connection and its Applier, used by the apply thread only.
+
+    A batch that fails because the database is unavailable is retried with backoff on a new
+    connection, as often as it takes (until ``stop``); nothing is committed to Kafka meanwhile.
+    """
+
+    def __init__(self, engine: Engine, transforms: Transforms, stop: threading.Event) -> None:
+        self.engine = engine
+        self.transforms = transforms
+        self.stop = stop
+        self.conn = _connect(engine)
+        self.applier = Applier(self.conn, transforms)
+
+    def process(
+        self,
+        config: MigrationConfig,
+        messages: list[Message],
+        settings: WorkerSettings,
+        prepared: list[_Prepared],
+    ) -> _Outcome:
+        failures = 0
+        while True:
+            try:
+                return _process(
+                    self.applier, self.conn, config, self.transforms, messages, settings, prepared
+                )
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                failures += 1
+                log.warning(
+                    "target database unavailable (%s); retrying the batch",
+                    redact_text(str(exc).strip()),
+                )
+                _sleep(self.stop, failures)
+                self.conn = _reconnect(self.engine, self.conn)
+                self.applier = Applier(self.conn, self.transforms)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class _Totals:
+    consumed: int = 0
+    applied: int = 0
+    dead: int = 0
+    parked: int = 0
+    batches: int = 0
+
+    def add(self, events: int, result: _Outcome, metrics: Metrics) -> None:
+        self.consumed += events
+        self.applied += result.applied
+        self.dead += len(result.poison)
+        self.parked += len(result.parked)
+        self.batches += 1
+        metrics.inc("worker_events_total", events)
+        metrics.inc("worker_applied_total", result.applied)
+        metrics.inc("worker_dead_letters_total", len(result.poison))
+        metrics.inc("worker_parked_total", len(result.parked))
+        metrics.inc("worker_batches_total")
+        if result.last_ts is not None:
+            metrics.set(
+                "worker_end_to_end_lag_seconds",
+                (dt.datetime.now(dt.UTC) - result.last_ts).total_seconds(),
+            )
+
+    def log(self, metrics: Metrics) -> None:
+        log.info(
+            "consumed %d event(s), applied %d, dead-lettered %d, parked %d; end-to-end lag %.1fs",
+            self.consumed,
+            self.applied,
+            self.dead,
+            self.parked,
+            metrics.get("worker_end_to_end_lag_seconds"),
+        )
+
+
+def _publish_and_commit(
+    consumer: Consumer,
+    producer: Producer,
+    config: MigrationConfig,
+    stop: threading.Event,
+    messages: list[Message],
+    result: _Outcome,
+) -> None:
+    """Dead letters first (acknowledged), then the offsets: both retried while unavailable."""
+    for _attempt in range(1000):
+        try:
+            _publish_dead_letters(producer, config, result.poison)
+            break
+        except ServiceUnavailableError as exc:
+            log.warning("cannot publish dead letters (%s); retrying", exc)
+            _sleep(stop, _attempt + 1)
+    for attempt in range(1, 1000):
+        try:
+            if not consumer.commit(_next_offsets(messages)):
+                log.warning(
+                    "the group rebalanced during the batch; its new owner re-reads it (no effect)"
+                )
+            break
+        except ServiceUnavailableError as exc:
+            log.warning("%s; retrying", exc)
+            _sleep(stop, attempt)
 
 
 @dataclass(frozen=True)
@@ -298,35 +382,27 @@ def process_messages(
     return _process(applier, conn, config, transforms, messages, settings or WorkerSettings())
 
 
-def _process(
-    applier: Applier,
-    conn: psycopg.Connection[Any],
-    config: MigrationConfig,
-    transforms: Transforms,
-    messages: list[Message],
-    settings: WorkerSettings,
-) -> _Outcome:
-    keys = sorted({(m.key or b"").decode("utf-8", "replace") for m in messages})
-    quarantined = {
-        r[0]
-        for r in conn.execute(
-            "SELECT msg_key FROM dualwrite.quarantine WHERE msg_key = ANY(%s)", (keys,)
-        )
-    }
-    conn.commit()
-    batch = _Batch(messages)
-    blocked = set(quarantined)
+@dataclass(frozen=True)
+class _Prepared:
+    """One message decoded and transformed (``poison`` set when that failed)."""
+
+    message: Message
+    key: str
+    event: ChangeEvent | None
+    ops: list[TargetOp]
+    poison: _Poison | None
+
+
+def _prepare(transforms: Transforms, messages: list[Message]) -> list[_Prepared]:
+    """Decode and transform each message (pure: no database, no Kafka)."""
+    out: list[_Prepared] = []
     for message in messages:
         key = (message.key or b"").decode("utf-8", "replace")
-        if key in blocked:
-            batch.parked.append(message)
-            continue
         try:
             event = decode_event(message.value or b"")
             ops = transforms.apply(event.source, event.op, event.key, event.row, event.version)
         except EnvelopeError as exc:
-            batch.poison.append(_Poison(message, "undecodable", str(exc)))
-            blocked.add(key)
+            out.append(_Prepared(message, key, None, [], _Poison(message, "undecodable", str(exc))))
             continue
         except TransformError as exc:
             reason = (
@@ -334,22 +410,37 @@ def _process(
                 if str(exc).startswith("no transform for source table")
                 else "transform_error"
             )
-            batch.poison.append(_Poison(message, reason, str(exc)))
-            blocked.add(key)
+            out.append(_Prepared(message, key, None, [], _Poison(message, reason, str(exc))))
             continue
-        batch.good.append((message, event, ops))
-    # Park later good events of keys that became poisoned earlier in this batch.
-    poisoned_offsets = {
-        (p.message.partition, (p.message.key or b"")): p.message.offset for p in batch.poison
-    }
-    still_good = []
-    for message, event, ops in batch.good:
-        first_bad = poisoned_offsets.get((message.partition, message.key or b""))
-        if first_bad is not None and message.offset > first_bad:
-            batch.parked.append(message)
+        out.append(_Prepared(message, key, event, ops, None))
+    return out
+
+
+def _process(
+    applier: Applier,
+    conn: psycopg.Connection[Any],
+    config: MigrationConfig,
+    transforms: Transforms,
+    messages: list[Message],
+    settings: WorkerSettings,
+    prepared: list[_Prepared] | None = None,
+) -> _Outcome:
+    """Apply one batch: events of quarantined keys, and every event of a key after its first
+    poison in offset order, are parked; the rest is applied in one target transaction."""
+    if prepared is None:
+        prepared = _prepare(transforms, messages)
+    quarantined = _quarantined(conn, prepared)
+    batch = _Batch(messages)
+    blocked = set(quarantined)
+    for p in prepared:
+        if p.key in blocked:
+            batch.parked.append(p.message)
+        elif p.poison is not None:
+            batch.poison.append(p.poison)
+            blocked.add(p.key)
         else:
-            still_good.append((message, event, ops))
-    batch.good = still_good
+            assert p.event is not None
+            batch.good.append((p.message, p.event, p.ops))
     applied = 0
     try:
         applied = _apply_all(applier, batch.good, extra=lambda: _record_quarantine(conn, batch))
@@ -357,6 +448,24 @@ def _process(
         applied = _apply_one_by_one(applier, conn, batch, settings)
     last_ts = max((e.ts for _m, e, _o in batch.good), default=None)
     return _Outcome(applied, batch.poison, batch.parked, last_ts)
+
+
+_QUARANTINE_READ_WHOLE = 1000
+
+
+def _quarantined(conn: psycopg.Connection[Any], prepared: list[_Prepared]) -> set[str]:
+    """The batch's quarantined keys. Few keys are quarantined at any time, so the table is
+    read whole while it is small rather than sending every key of the batch to the server."""
+    rows = conn.execute(
+        "SELECT msg_key FROM dualwrite.quarantine LIMIT %s", (_QUARANTINE_READ_WHOLE + 1,)
+    ).fetchall()
+    if len(rows) > _QUARANTINE_READ_WHOLE:
+        keys = sorted({p.key for p in prepared})
+        rows = conn.execute(
+            "SELECT msg_key FROM dualwrite.quarantine WHERE msg_key = ANY(%s)", (keys,)
+        ).fetchall()
+    conn.commit()
+    return {r[0] for r in rows}
 
 
 def _positions(events: list[ChangeEvent]) -> dict[str, tuple[int, dt.datetime | None]]:

@@ -69,6 +69,7 @@ class Transforms:
             str, dict[str, dict[str, str]]
         ] = {}  # source -> target -> column -> SQL
         self._lock = threading.Lock()
+        self._plans: dict[str, tuple[SourceTransform, list[_TargetPlan]]] = {}
 
     def target(
         self,
@@ -167,6 +168,7 @@ class Transforms:
             raise TransformError(f"no transform for source table {source}")
         if source in self.renamers and any(not self.targets[t].key for t in st.targets):
             st = self._learn_key(st, key)
+        plan = self._plan(st)
         produced: Mapping[str, Mapping[str, Any]] = {}
         if op != "delete":
             assert row is not None
@@ -176,37 +178,55 @@ class Transforms:
                 raise TransformError(
                     f"transform of {source} failed for key {dict(key)}: {type(exc).__name__}: {exc}"
                 ) from exc
-            unknown = set(produced) - set(st.targets)
-            if unknown:
+            if not produced.keys() <= st.targets.keys():
+                unknown = set(produced) - set(st.targets)
                 raise TransformError(
                     f"transform of {source} produced undeclared targets {sorted(unknown)}"
                 )
         ops: list[TargetOp] = []
-        for target, mapping in st.targets.items():
-            spec = self.targets[target]
+        for target, spec, source_key, allowed in plan:
             values = produced.get(target)
             if values is None:
-                target_key = tuple(key[mapping[c]] for c in spec.key)
+                target_key = tuple(key[c] for c in source_key)
                 ops.append(TargetOp(spec.table, target_key, None, source, version))
                 continue
-            missing = [c for c in spec.key if c not in values]
-            if missing:
+            try:
+                target_key = tuple(values[c] for c in spec.key)
+            except KeyError:
+                missing = [c for c in spec.key if c not in values]
                 raise TransformError(
                     f"transform of {source} -> {target} left out key column(s) {missing}"
+                ) from None
+            if allowed is not None and not values.keys() <= allowed:
+                extra = set(values) - allowed
+                raise TransformError(
+                    f"{source} writes {sorted(extra)} of {target}, which it does not own"
                 )
-            owned = spec.owned_by(source)
-            if owned is not None:
-                extra = set(values) - set(owned) - set(spec.key)
-                if extra:
-                    raise TransformError(
-                        f"{source} writes {sorted(extra)} of {target}, which it does not own"
-                    )
-            ops.append(
-                TargetOp(
-                    spec.table, tuple(values[c] for c in spec.key), dict(values), source, version
-                )
-            )
+            ops.append(TargetOp(spec.table, target_key, dict(values), source, version))
         return ops
+
+    def _plan(self, st: SourceTransform) -> list[_TargetPlan]:
+        """Per target of ``st``: its spec, the source key columns of its key, and (for a
+        merge) the columns ``st`` may write; resolved once per registry state, not per row."""
+        cached = self._plans.get(st.source)
+        if cached is not None and cached[0] is st:
+            targets = self.targets
+            for target, spec, _key, _allowed in cached[1]:
+                if targets.get(target) is not spec:
+                    break
+            else:
+                return cached[1]
+        plan: list[_TargetPlan] = []
+        for target, mapping in st.targets.items():
+            spec = self.targets[target]
+            owned = spec.owned_by(st.source)
+            allowed = None if owned is None else frozenset(owned) | frozenset(spec.key)
+            plan.append((target, spec, tuple(mapping[c] for c in spec.key), allowed))
+        self._plans[st.source] = (st, plan)
+        return plan
+
+
+_TargetPlan = tuple[str, TargetSpec, tuple[str, ...], frozenset[str] | None]
 
 
 def _learn_key_impl(

@@ -11,10 +11,11 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from cli.main import cli
+from dualwrite import worker
 from dualwrite.dlq import dead_letters, quarantined, redrive
 from dualwrite.kafka_io import Producer
 from dualwrite.relay import run_relay
-from dualwrite.worker import run_worker
+from dualwrite.worker import WorkerSettings, run_worker
 from tests.worker import merge_transform
 from tests.worker.conftest import Pipeline
 
@@ -103,3 +104,34 @@ def test_poison_is_dead_lettered_quarantined_parked_and_redriven(merge_pipeline:
         (3, "fixed", None, None),
         (4, "bad city", None, None),
     ]
+
+
+@pytest.mark.parametrize("read_whole", [1000, 0], ids=["table-read-whole", "keys-looked-up"])
+def test_a_key_quarantined_by_one_batch_parks_its_events_in_the_next(
+    merge_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, read_whole: int
+) -> None:
+    """Batch N+1 is decoded while batch N is applied; a key N quarantines at apply time (a
+    target error) must still park N+1's event of that key, not apply it out of order. Both
+    ways of reading the quarantine (whole while small, else the batch's keys) are used."""
+    monkeypatch.setattr(worker, "_QUARANTINE_READ_WHOLE", read_whole)
+    p = merge_pipeline
+    p.source_sql("INSERT INTO {s}.person VALUES (4, 'bad city', NULL, 'forbidden')")  # CHECK fails
+    p.source_sql("UPDATE {s}.person SET city = 'Rome', name = 'later' WHERE id = 4")
+    p.source_sql("INSERT INTO {s}.person VALUES (5, 'ok', NULL, 'Oslo')")
+    run_relay(p.source, p.config, until_idle=True, stop=threading.Event())
+
+    result = run_worker(
+        p.target,
+        p.config,
+        p.transforms,
+        settings=WorkerSettings(batch_size=1, linger_ms=0),  # one event per batch
+        until_idle=True,
+        stop=threading.Event(),
+    )
+
+    assert result.batches == 3 and result.dead_lettered == 1 and result.parked == 1
+    assert p.target_rows("person") == [(5, "ok", None, None)]
+    assert p.target_rows("address") == [(5, "Oslo")]
+    assert [
+        (q.msg_key, q.reason, q.parked) for q in quarantined(p.target) if p.src in q.msg_key
+    ] == [(f"{p.src}.person:[4]", "target_error", 1)]

@@ -1,0 +1,248 @@
+"""The backfill's insert-if-absent path (version-0 operations) against the stream's writes.
+
+Each race is made deterministic: one transaction holds its claim open, the other is started
+in a thread and seen waiting on a lock in ``pg_stat_activity`` before the first one commits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from dualwrite.apply import Applier, ApplyResult, ensure_bookkeeping
+from dualwrite.backfill import BackfillSettings, run_backfill
+from dualwrite.config import parse_qualified_name
+from dualwrite.snapshot import connect
+from dualwrite.transform import TargetOp
+from tests.worker.conftest import Pipeline
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def conns(merge_pipeline: Pipeline) -> Iterator[Callable[[str], psycopg.Connection[Any]]]:
+    ensure_bookkeeping(merge_pipeline.target)
+    opened: list[psycopg.Connection[Any]] = []
+
+    def open_conn(name: str) -> psycopg.Connection[Any]:
+        conn = connect(merge_pipeline.target, name)
+        opened.append(conn)
+        return conn
+
+    yield open_conn
+    for conn in opened:
+        conn.close()
+
+
+def _person(p: Pipeline, key: int, version: int, source: str = "person", **values: Any) -> TargetOp:
+    return TargetOp(
+        parse_qualified_name(f"{p.dst}.person"),
+        (key,),
+        {"id": key, **values},
+        f"{p.src}.{source}",
+        version,
+    )
+
+
+def _address(p: Pipeline, key: int, version: int, city: str | None) -> TargetOp:
+    row = None if city is None else {"person_id": key, "city": city}
+    return TargetOp(
+        parse_qualified_name(f"{p.dst}.address"), (key,), row, f"{p.src}.person", version
+    )
+
+
+def _bookkeeping(
+    p: Pipeline, conn: psycopg.Connection[Any]
+) -> dict[tuple[str, str], tuple[int, bool]]:
+    rows = conn.execute(
+        "SELECT target_table, target_key, source_table, version, deleted FROM dualwrite.applied "
+        "WHERE target_table LIKE %s",
+        (f"{p.dst}.%",),
+    ).fetchall()
+    conn.commit()
+    return {(r[0].split(".")[-1] + ":" + r[2].split(".")[-1], r[1]): (r[3], r[4]) for r in rows}
+
+
+def _apply(applier: Applier, ops: list[TargetOp]) -> ApplyResult:
+    with applier.conn.transaction():
+        return applier.apply(ops)
+
+
+def test_version_zero_writes_only_keys_nothing_was_applied_for(
+    merge_pipeline: Pipeline, conns: Callable[[str], psycopg.Connection[Any]]
+) -> None:
+    p = merge_pipeline
+    applier = Applier(conns("dw-test-absent"), p.transforms)
+    stream = [
+        _person(p, 1, 5, name="stream", email=None),
+        _address(p, 2, 6, None),  # a streamed delete: a tombstone
+        _person(p, 3, 2, source="profile", tier="gold"),  # the other owner of merged row 3
+    ]
+    assert _apply(applier, stream).applied == 3
+    snapshot = [
+        _person(p, 1, 0, name="old", email="o@x"),
+        _address(p, 2, 0, "old city"),
+        _person(p, 3, 0, name="n3", email="e3"),
+        _address(p, 4, 0, "c4"),
+        _address(p, 5, 0, None),  # a row the transform filters out: a version-0 tombstone
+    ]
+    result = _apply(applier, snapshot)
+
+    assert result == ApplyResult(applied=3, skipped=2)
+    assert p.target_rows("person") == [(1, "stream", None, None), (3, "n3", "e3", "gold")]
+    assert p.target_rows("address") == [(4, "c4")]  # 2 stays deleted
+    assert _bookkeeping(p, applier.conn) == {
+        ("person:person", "[1]"): (5, False),
+        ("address:person", "[2]"): (6, True),
+        ("person:profile", "[3]"): (2, False),
+        ("person:person", "[3]"): (0, False),
+        ("address:person", "[4]"): (0, False),
+        ("address:person", "[5]"): (0, True),
+    }
+    # Again (a resumed or repeated backfill): 0 is not newer than 0, nothing changes.
+    assert _apply(applier, snapshot) == ApplyResult(applied=0, skipped=5)
+    assert p.target_rows("person") == [(1, "stream", None, None), (3, "n3", "e3", "gold")]
+    # The stream still wins afterwards.
+    assert _apply(applier, [_address(p, 4, 1, "streamed")]).applied == 1
+    assert p.target_rows("address") == [(4, "streamed")]
+
+
+def test_version_zero_deletes_of_a_merged_row_keep_the_other_owners_columns(
+    merge_pipeline: Pipeline, conns: Callable[[str], psycopg.Connection[Any]]
+) -> None:
+    p = merge_pipeline
+    applier = Applier(conns("dw-test-absent-merge"), p.transforms)
+    _apply(applier, [_person(p, 7, 3, source="profile", tier="silver")])
+    deleted = TargetOp(parse_qualified_name(f"{p.dst}.person"), (7,), None, f"{p.src}.person", 0)
+    assert _apply(applier, [deleted]).applied == 1  # its tombstone is recorded ...
+    assert p.target_rows("person") == [(7, None, None, "silver")]  # ... the profile's row stays
+
+
+def _wait_until_blocked(conn: psycopg.Connection[Any], application_name: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        waiting = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+            "AND wait_event_type = 'Lock'",
+            (application_name,),
+        ).fetchone()
+        conn.commit()
+        if waiting and waiting[0]:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{application_name} never waited on a lock")
+
+
+def _in_thread(fn: Callable[[], ApplyResult]) -> tuple[threading.Thread, list[ApplyResult]]:
+    out: list[ApplyResult] = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    return thread, out
+
+
+def test_backfill_waits_for_an_uncommitted_stream_write_then_loses(
+    merge_pipeline: Pipeline, conns: Callable[[str], psycopg.Connection[Any]]
+) -> None:
+    p = merge_pipeline
+    stream = Applier(conns("dw-test-stream"), p.transforms)
+    backfill = Applier(conns("dw-test-backfill"), p.transforms)
+    observer = conns("dw-test-observer")
+
+    with stream.conn.transaction():  # the stream's claim and write of key 10, not committed yet
+        stream.apply([_person(p, 10, 7, name="stream", email=None), _address(p, 10, 7, "new")])
+        thread, out = _in_thread(
+            lambda: _apply(
+                backfill,
+                [_person(p, 10, 0, name="old", email=None), _address(p, 10, 0, "old")],
+            )
+        )
+        _wait_until_blocked(observer, "dw-test-backfill")
+    thread.join(20)
+
+    assert out == [ApplyResult(applied=0, skipped=2)]
+    assert p.target_rows("person") == [(10, "stream", None, None)]
+    assert p.target_rows("address") == [(10, "new")]
+    assert _bookkeeping(p, observer)[("person:person", "[10]")] == (7, False)
+
+
+def test_a_stream_write_waits_for_an_uncommitted_backfill_then_wins(
+    merge_pipeline: Pipeline, conns: Callable[[str], psycopg.Connection[Any]]
+) -> None:
+    p = merge_pipeline
+    stream = Applier(conns("dw-test-stream2"), p.transforms)
+    backfill = Applier(conns("dw-test-backfill2"), p.transforms)
+    observer = conns("dw-test-observer2")
+
+    with backfill.conn.transaction():  # the backfill claimed and wrote key 11, not committed
+        assert backfill.apply([_person(p, 11, 0, name="old", email=None)]).applied == 1
+        thread, out = _in_thread(
+            lambda: _apply(stream, [_person(p, 11, 3, name="stream", email="s@x")])
+        )
+        _wait_until_blocked(observer, "dw-test-stream2")
+    thread.join(20)
+
+    assert out == [ApplyResult(applied=1, skipped=0)]
+    assert p.target_rows("person") == [(11, "stream", "s@x", None)]
+    assert _bookkeeping(p, observer)[("person:person", "[11]")] == (3, False)
+
+
+def test_a_chunk_that_deadlocked_is_retried(
+    merge_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = merge_pipeline
+    p.source_sql(
+        "INSERT INTO {s}.person SELECT g, 'n' || g, NULL, 'c' FROM generate_series(1, 50) g"
+    )
+    p.source_sql(f'DELETE FROM "{p.config.capture.schema}".changelog')
+    real_apply = Applier.apply
+    calls = {"n": 0}
+
+    def deadlock_once(self: Applier, ops: Any, positions: Any = None) -> ApplyResult:
+        calls["n"] += 1
+        result = real_apply(self, ops, positions)  # its writes are rolled back with the chunk
+        if calls["n"] == 2:
+            raise psycopg.errors.DeadlockDetected("deadlock detected (injected)")
+        return result
+
+    monkeypatch.setattr(Applier, "apply", deadlock_once)
+    results = run_backfill(
+        p.source, p.target, p.config, p.transforms, BackfillSettings(chunk_rows=20)
+    )
+
+    person = next(r for r in results if r.source == f"{p.src}.person")
+    assert person.done and person.rows == 50 and person.chunks == 3
+    assert calls["n"] >= 4  # person: 3 chunks + the retried one
+    assert len(p.target_rows("person")) == 50 and len(p.target_rows("address")) == 50
+
+
+def test_stopping_keeps_the_progress_of_applied_chunks_only(merge_pipeline: Pipeline) -> None:
+    p = merge_pipeline
+    p.source_sql(
+        "INSERT INTO {s}.person SELECT g, 'n' || g, NULL, 'c' FROM generate_series(1, 1000) g"
+    )
+    p.source_sql(f'DELETE FROM "{p.config.capture.schema}".changelog')
+    stop = threading.Event()
+    settings = BackfillSettings(chunk_rows=100, tables=(f"{p.src}.person",))
+
+    # The reader is a chunk ahead when the stop comes: that chunk must not count as done.
+    first = run_backfill(
+        p.source,
+        p.target,
+        p.config,
+        p.transforms,
+        settings,
+        stop=stop,
+        progress=lambda _progress: stop.set(),
+    )
+
+    (person,) = first
+    assert not person.done and person.rows == 100
+    assert len(p.target_rows("person")) == 100
+    (again,) = run_backfill(p.source, p.target, p.config, p.transforms, settings)
+    assert again.resumed and again.done and again.rows == 900 and again.rows_total == 1000
+    assert len(p.target_rows("person")) == 1000
