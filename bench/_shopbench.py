@@ -76,6 +76,9 @@ def migration_text(
     partitions: int = 8,
 ) -> str:
     """The shop example's migration file (examples/shop/migration.toml) with unique names."""
+    repo_on_path()
+    from examples.shop.workload import tables_toml
+
     servers = ", ".join(f'"{s}"' for s in bootstrap.split(","))
     src, tgt = names.source_schema, target_schema
     return f"""name = "{names.tag}"
@@ -94,19 +97,7 @@ schema = "{names.capture_schema}"
 batch_size = {relay_batch_size}
 idle_poll_ms = {idle_poll_ms}
 topic_partitions = {partitions}
-[[tables]]
-source = "{src}.customers"
-key = ["id"]
-target = "{tgt}.customers"
-[[tables]]
-source = "{src}.customer_profiles"
-key = ["customer_id"]
-target = "{tgt}.customers"
-[[tables]]
-source = "{src}.orders"
-key = ["id"]
-target = "{tgt}.orders"
-"""
+{tables_toml(src, tgt)}"""
 
 
 def drop_target(url: str, schema: str, source_schema: str) -> None:

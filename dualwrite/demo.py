@@ -79,7 +79,7 @@ class DemoResult:
 Say = Callable[[str], None]
 
 
-def _migration_toml(name: str, prefix: str, urls: dict[str, str]) -> str:
+def _migration_toml(name: str, prefix: str, urls: dict[str, str], tables: str) -> str:
     src, tgt = SOURCE_SCHEMA, TARGET_SCHEMA
     return f"""# Written by `dualwrite demo`: the shop example in schemas {src} -> {tgt}.
 name = "{name}"
@@ -105,21 +105,7 @@ max_lag_s = 30
 max_reconcile_age_s = 3600
 max_dead_letters = 0
 
-[[tables]]
-source = "{src}.customers"
-key = ["id"]
-target = "{tgt}.customers"
-
-[[tables]]
-source = "{src}.customer_profiles"
-key = ["customer_id"]
-target = "{tgt}.customers"
-
-[[tables]]
-source = "{src}.orders"
-key = ["id"]
-target = "{tgt}.orders"
-"""
+{tables}"""
 
 
 class _Services:
@@ -227,7 +213,14 @@ def _run(settings: DemoSettings, stack: DevStackSettings, say: Say) -> DemoResul
     out = settings.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "migration.toml"
-    path.write_text(_migration_toml(name, f"dualwrite.demo.{run_id}", stack.service_env()))
+    path.write_text(
+        _migration_toml(
+            name,
+            f"dualwrite.demo.{run_id}",
+            stack.service_env(),
+            workload.tables_toml(SOURCE_SCHEMA, TARGET_SCHEMA),
+        )
+    )
     config = load_migration(path, env={})
     transforms = load_transforms(config)
     result = DemoResult(name)

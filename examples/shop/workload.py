@@ -47,6 +47,7 @@ __all__ = [
     "run_workload",
     "schema_sql",
     "seed",
+    "tables_toml",
 ]
 
 HERE: Final = Path(__file__).resolve().parent
@@ -101,6 +102,20 @@ def _run_script(engine: Engine, sql: str) -> None:
     # Several statements and no parameters: psycopg sends them as one simple query.
     with engine.begin() as conn:
         conn.exec_driver_sql(sql)
+
+
+def tables_toml(source_schema: str = "legacy", target_schema: str = "shop") -> str:
+    """The ``[[tables]]`` entries of a shop migration file between the two schemas."""
+    entries = (
+        ("customers", "id", "customers"),
+        ("customer_profiles", "customer_id", "customers"),
+        ("orders", "id", "orders"),
+    )
+    return "".join(
+        f'[[tables]]\nsource = "{source_schema}.{old}"\nkey = ["{key}"]\n'
+        f'target = "{target_schema}.{new}"\n'
+        for old, key, new in entries
+    )
 
 
 def install_old_schema(engine: Engine, schema: str = "legacy") -> None:

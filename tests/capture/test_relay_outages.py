@@ -157,10 +157,6 @@ def test_relay_waits_for_an_unavailable_broker_and_resumes(
     late_broker: LocalKafka,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import shutil
-
-    if shutil.which("java") is None:
-        pytest.skip("needs java to start a second broker")
     with source_engine.begin() as conn:
         conn.execute(text(f'CREATE TABLE "{source_schema}".t (id int PRIMARY KEY)'))
     config = make_config([f"{source_schema}.t"], idle_poll_ms=20)

@@ -23,7 +23,7 @@ from dualwrite.relay import run_relay
 from dualwrite.reverse import install_reverse, reverse_config, uninstall_reverse
 from dualwrite.transform import Transforms, load_transforms
 from dualwrite.worker import run_worker
-from examples.shop.workload import install_new_schema, install_old_schema, seed
+from examples.shop.workload import install_new_schema, install_old_schema, seed, tables_toml
 from tests.conftest import REPO, Services
 
 
@@ -151,22 +151,7 @@ def make_pair(
             warnings.warn(f"capture cleanup: {exc}", stacklevel=1)
 
 
-SHOP_TABLES = """
-[[tables]]
-source = "{s}.customers"
-key = ["id"]
-target = "{d}.customers"
-
-[[tables]]
-source = "{s}.customer_profiles"
-key = ["customer_id"]
-target = "{d}.customers"
-
-[[tables]]
-source = "{s}.orders"
-key = ["id"]
-target = "{d}.orders"
-"""
+SHOP_TABLES = tables_toml("{s}", "{d}")  # make_pair fills in the schemas
 
 
 @pytest.fixture
