@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from dualwrite.devstack._procs import alive, port_in_use, read_pid, tail, terminate, write_pid
@@ -216,7 +217,7 @@ class LocalKafka:
         )
 
     def _format(self, data_dir: Path) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         result = subprocess.run(
             [
                 "java",
@@ -225,8 +226,7 @@ class LocalKafka:
                 f"{self.libs_dir}/*",
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.home / "server.properties"),
             ],
@@ -263,3 +263,15 @@ class LocalKafka:
             f"({last_error})",
             log_tail=tail(self.log_file),
         )
+
+
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: 16 random bytes in URL-safe base64, never starting with '-'.
+
+    Kafka's own ``Uuid.randomUuid`` redraws ids that start with a dash because command
+    lines would read them as options; one draw in 64 does.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id

@@ -6,6 +6,7 @@ touches the stack the rest of the suite runs on.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from dualwrite.devstack import DevStackSettings, down, status, up
+from dualwrite.devstack._kafka_broker import new_cluster_id
 from dualwrite.devstack._procs import alive
 from dualwrite.errors import DevStackError
 from tests.conftest import REPO
@@ -140,3 +142,12 @@ def test_bad_port_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(cli, ["dev", "up"])
     assert result.exit_code == 2
     assert "DUALWRITE_PG_PORT='fifty' is not an integer" in result.output
+
+
+def test_cluster_id_never_starts_with_a_dash_so_the_storage_tool_reads_it_as_a_value() -> None:
+    # 0xF8 encodes to '-' as the first base64 character: one random draw in 64 did this,
+    # and kafka-storage then rejected "-t -xyz..." as a missing argument.
+    draws = iter([b"\xf8" + bytes(15), b"\x00" * 16])
+    cluster_id = new_cluster_id(lambda: next(draws))
+    assert cluster_id == "AAAAAAAAAAAAAAAAAAAAAA"
+    assert base64.urlsafe_b64encode(b"\xf8" + bytes(15)).decode().startswith("-")
