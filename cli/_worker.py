@@ -13,7 +13,7 @@ from cli._output import emit_json, out
 from cli._signals import stop_on_signals
 from dualwrite import make_engine
 from dualwrite.config import MigrationConfig
-from dualwrite.dlq import dead_letters, quarantined, redrive
+from dualwrite.dlq import dead_letters, migration_quarantine, redrive
 from dualwrite.lag import pipeline_status
 from dualwrite.metrics import MetricsServer
 from dualwrite.state import current_state
@@ -92,11 +92,11 @@ def dlq_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @reverse_option
 def dlq_list(migration_file: str, as_json: bool, reverse: bool) -> None:
-    """List quarantined keys (exit 1 when there are any)."""
+    """List this migration's quarantined keys (exit 1 when there are any)."""
     config = load_direction(migration_file, reverse)
     engine = make_engine(config.target)
     try:
-        keys = quarantined(engine)
+        keys = migration_quarantine(engine, config)
     finally:
         engine.dispose()
     if as_json:
@@ -137,7 +137,7 @@ def dlq_show(migration_file: str, key: str, reverse: bool) -> None:
 @click.argument("keys", nargs=-1)
 @reverse_option
 def dlq_redrive(migration_file: str, keys: tuple[str, ...], reverse: bool) -> None:
-    """Re-process quarantined KEYS (default: all) through the version guard."""
+    """Re-process quarantined KEYS (default: all of this migration's) through the version guard."""
     config = load_direction(migration_file, reverse)
     transforms = _transforms(config)
     engine = make_engine(config.target)

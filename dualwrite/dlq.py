@@ -5,6 +5,15 @@ its parked events (from ``dualwrite.parked``), lifts the quarantine, and process
 their original offset order through the same decode -> transform -> version-guarded apply as
 the worker. Events already applied are skipped by the version guard; an event that fails
 again is dead-lettered again and the key is quarantined again, with what is left parked.
+
+A parked event's only copy is its ``dualwrite.parked`` row (its Kafka offset was committed),
+so that row is deleted only after the event was applied, and kept when the event fails again
+or is parked again. A re-drive that dies half-way leaves parked rows without a quarantine
+row: the next re-drive picks those keys up too.
+
+The target's quarantine is shared by every migration writing to that database: a migration
+only sees and re-drives its own keys (those of its source tables, and any key on its own
+dead-letter topic, undecodable ones included).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +30,7 @@ from sqlalchemy import Engine
 
 from dualwrite.apply import Applier
 from dualwrite.config import MigrationConfig
-from dualwrite.kafka_io import Message, Producer, read_topic
+from dualwrite.kafka_io import Message, Producer, read_topic, topic_partitions
 from dualwrite.transform import Transforms
 from dualwrite.worker import (
     WorkerSettings,
@@ -35,6 +45,8 @@ __all__ = [
     "QuarantinedKey",
     "RedriveResult",
     "dead_letters",
+    "migration_keys",
+    "migration_quarantine",
     "quarantined",
     "redrive",
 ]
@@ -71,7 +83,11 @@ class RedriveResult:
 
 
 def quarantined(engine: Engine) -> list[QuarantinedKey]:
-    """Every quarantined key with its reason and how many events wait behind it."""
+    """Every quarantined key with its reason and how many events wait behind it.
+
+    Keys with parked events but no quarantine row (a re-drive that died half-way) are listed
+    too, with reason ``redrive_interrupted``: their events are not applied yet.
+    """
     ensure_worker_tables(engine)
     raw: Any = engine.raw_connection()
     try:
@@ -79,7 +95,14 @@ def quarantined(engine: Engine) -> list[QuarantinedKey]:
             cur.execute(
                 "SELECT q.msg_key, q.reason, q.error, q.since, "
                 "(SELECT count(*) FROM dualwrite.parked p WHERE p.msg_key = q.msg_key) "
-                "FROM dualwrite.quarantine q ORDER BY q.since, q.msg_key"
+                "FROM dualwrite.quarantine q "
+                "UNION ALL "
+                "SELECT p.msg_key, 'redrive_interrupted', "
+                "'parked events without a quarantine: run dlq redrive', min(p.parked_at), count(*) "
+                "FROM dualwrite.parked p WHERE NOT EXISTS "
+                "(SELECT 1 FROM dualwrite.quarantine q WHERE q.msg_key = p.msg_key) "
+                "GROUP BY p.msg_key "
+                "ORDER BY 4, 1"
             )
             return [QuarantinedKey(*row) for row in cur.fetchall()]
     finally:
@@ -89,18 +112,18 @@ def quarantined(engine: Engine) -> list[QuarantinedKey]:
 def dead_letters(
     config: MigrationConfig, key: str | None = None, idle_timeout_ms: int = 1500
 ) -> list[DeadLetter]:
-    """The records on the dead-letter topic (all, or those of one message key)."""
+    """The records on the dead-letter topic (all, or those of one message key).
+
+    No topic means no dead letters yet (the first worker creates it); Kafka not answering
+    raises :class:`~dualwrite.errors.ServiceUnavailableError`, never "none".
+    """
     out: list[DeadLetter] = []
-    try:
-        records = list(
-            read_topic(
-                config.kafka.bootstrap_servers,
-                dead_letter_topic(config),
-                idle_timeout_ms=idle_timeout_ms,
-            )
-        )
-    except Exception:  # the topic is created by the first worker; none means no dead letters
+    topic = dead_letter_topic(config)
+    if not topic_partitions(config.kafka.bootstrap_servers, topic):
         return []
+    records = list(
+        read_topic(config.kafka.bootstrap_servers, topic, idle_timeout_ms=idle_timeout_ms)
+    )
     for message in records:
         doc = json.loads(message.value or b"{}")
         if key is not None and doc.get("key") != key:
@@ -121,14 +144,31 @@ def dead_letters(
     return out
 
 
+def migration_keys(config: MigrationConfig, letters: Sequence[DeadLetter]) -> Callable[[str], bool]:
+    """Whether a quarantined message key is this migration's: one of its source tables, or a
+    key on its own dead-letter topic (an undecodable key, an unknown table)."""
+    prefixes = tuple(f"{t.source}:" for t in config.tables)
+    lettered = frozenset(d.key for d in letters)
+    return lambda key: key.startswith(prefixes) or key in lettered
+
+
+def migration_quarantine(
+    engine: Engine, config: MigrationConfig, letters: Sequence[DeadLetter] | None = None
+) -> list[QuarantinedKey]:
+    """The quarantined keys of this migration (see :func:`migration_keys`)."""
+    mine = migration_keys(config, dead_letters(config) if letters is None else letters)
+    return [q for q in quarantined(engine) if mine(q.msg_key)]
+
+
 def redrive(
     engine: Engine, config: MigrationConfig, transforms: Transforms, keys: list[str] | None = None
 ) -> RedriveResult:
-    """Re-process the dead letters and parked events of ``keys`` (default: every quarantined key)."""
-    targets = [q.msg_key for q in quarantined(engine)]
+    """Re-process the dead letters and parked events of ``keys`` (default: every quarantined
+    key of this migration, and keys a previous re-drive left parked)."""
+    letters = dead_letters(config)
+    targets = [q.msg_key for q in migration_quarantine(engine, config, letters)]
     if keys is not None:
         targets = [k for k in targets if k in set(keys)]
-    letters = dead_letters(config)
     url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     conn: psycopg.Connection[Any] = psycopg.connect(url, options="-c timezone=UTC")
     applier = Applier(conn, transforms)
@@ -139,24 +179,37 @@ def redrive(
     still: list[str] = []
     try:
         for key in targets:
-            messages: dict[tuple[int, int], Message] = {}
+            messages: dict[tuple[str, int, int], Message] = {}
             for letter in letters:
                 if letter.key == key:
-                    messages[(letter.partition, letter.offset)] = Message(
+                    messages[(letter.topic, letter.partition, letter.offset)] = Message(
                         letter.topic, letter.partition, letter.offset, key.encode(), letter.value, 0
                     )
             for topic, partition, offset, value in conn.execute(
                 'SELECT topic, partition, "offset", value FROM dualwrite.parked WHERE msg_key = %s',
                 (key,),
             ).fetchall():
-                messages[(partition, offset)] = Message(
+                messages[(topic, partition, offset)] = Message(
                     topic, partition, offset, key.encode(), bytes(value), 0
                 )
-            with conn.transaction():
-                conn.execute("DELETE FROM dualwrite.quarantine WHERE msg_key = %s", (key,))
-                conn.execute("DELETE FROM dualwrite.parked WHERE msg_key = %s", (key,))
-            ordered = [messages[k] for k in sorted(messages)]
+            conn.execute("DELETE FROM dualwrite.quarantine WHERE msg_key = %s", (key,))
+            conn.commit()
+            ordered = [messages[k] for k in sorted(messages, key=lambda k: (k[1], k[2], k[0]))]
             outcome = process_messages(applier, conn, config, transforms, ordered, WorkerSettings())
+            kept = {(m.topic, m.partition, m.offset) for m in outcome.parked} | {
+                (p.message.topic, p.message.partition, p.message.offset) for p in outcome.poison
+            }
+            done = [
+                (m.topic, m.partition, m.offset)
+                for m in ordered
+                if (m.topic, m.partition, m.offset) not in kept
+            ]
+            conn.execute(
+                'DELETE FROM dualwrite.parked WHERE msg_key = %s AND (topic, partition, "offset") '
+                "IN (SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[]))",
+                (key, [d[0] for d in done], [d[1] for d in done], [d[2] for d in done]),
+            )
+            conn.commit()
             _publish_dead_letters(producer, config, outcome.poison)
             replayed += len(ordered)
             applied += outcome.applied

@@ -12,13 +12,14 @@ thread-safe); a :class:`Consumer` belongs to one thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import kafka
 import kafka.errors
-from kafka.admin import NewTopic
+from kafka.admin import NewTopic, OffsetSpec
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from dualwrite.errors import ServiceUnavailableError
@@ -28,14 +29,22 @@ __all__ = [
     "Consumer",
     "Message",
     "Producer",
+    "call_with_deadline",
     "ensure_topic",
     "group_lag",
+    "group_members",
     "is_retriable",
     "probe_cluster",
     "read_topic",
+    "topic_partitions",
 ]
 
 log = logging.getLogger(__name__)
+
+# kafka-python's defaults are the consumer's request timeout (305 s) or none at all; a worker
+# must notice an unavailable broker sooner than that to log it and back off.
+_COMMIT_TIMEOUT_MS = 30_000
+_CLOSE_TIMEOUT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -204,13 +213,13 @@ class Consumer:
         """
         try:
             if positions is None:
-                self._consumer.commit()
+                self._consumer.commit(timeout_ms=_COMMIT_TIMEOUT_MS)
                 return True
             offsets = {
                 TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
                 for (t, p), o in positions.items()
             }
-            self._consumer.commit(offsets)
+            self._consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
             return True
         except kafka.errors.CommitFailedError:
             return False
@@ -219,44 +228,136 @@ class Consumer:
                 raise ServiceUnavailableError(f"offset commit failed: {exc}") from None
             raise
 
+    def assigned(self) -> int:
+        """How many partitions the group currently assigns to this member."""
+        return len(self._consumer.assignment())
+
     def committed(self, topic: str, partition: int) -> int | None:
         """The group's committed offset for one partition, or None when nothing was committed."""
-        result = self._consumer.committed(TopicPartition(topic, partition))
+        try:
+            result = self._consumer.committed(
+                TopicPartition(topic, partition), timeout_ms=_COMMIT_TIMEOUT_MS
+            )
+        except kafka.errors.KafkaError as exc:
+            raise ServiceUnavailableError(
+                f"cannot read the committed offset of {topic}[{partition}]: {exc}"
+            ) from None
         return None if result is None else int(result)
 
     def close(self) -> None:
-        """Leave the group and close connections."""
-        self._consumer.close()
+        """Leave the group and close connections (bounded: a dead coordinator cannot hang it)."""
+        self._consumer.close(autocommit=False, timeout_ms=_CLOSE_TIMEOUT_MS)
 
 
 def group_lag(
-    bootstrap_servers: Sequence[str], group_id: str, topic: str
+    bootstrap_servers: Sequence[str], group_id: str, topic: str, timeout_s: float = 15.0
 ) -> dict[int, tuple[int, int | None]]:
-    """Per partition of ``topic``: (log end offset, the group's committed offset or None)."""
-    admin = _admin(bootstrap_servers, 10.0)
-    try:
-        committed = admin.list_group_offsets(group_id).get(group_id, {})
-    except kafka.errors.KafkaError as exc:
-        raise ServiceUnavailableError(f"cannot read offsets of group {group_id}: {exc}") from None
-    finally:
-        admin.close()
-    consumer = kafka.KafkaConsumer(
-        bootstrap_servers=list(bootstrap_servers), group_id=None, enable_auto_commit=False
-    )
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        ends = consumer.end_offsets(tps) if tps else {}
-    finally:
-        consumer.close()
-    out: dict[int, tuple[int, int | None]] = {}
-    for tp in tps:
-        meta = committed.get(tp)
-        out[tp.partition] = (
-            int(ends[tp]),
-            None if meta is None or meta.offset < 0 else int(meta.offset),
-        )
-    return out
+    """Per partition of ``topic``: (log end offset, the group's committed offset or None).
+
+    Raises :class:`ServiceUnavailableError` when Kafka does not answer within ``timeout_s``
+    (kafka-python's metadata waits have no bound of their own).
+    """
+
+    def read() -> dict[int, tuple[int, int | None]]:
+        admin = _admin(bootstrap_servers, timeout_s)
+        try:
+            partitions = _partitions(admin, topic)
+            tps = [TopicPartition(topic, p) for p in partitions]
+            ends = (
+                admin.list_partition_offsets(
+                    dict.fromkeys(tps, OffsetSpec.LATEST), timeout_ms=int(timeout_s * 1000)
+                )
+                if tps
+                else {}
+            )
+            committed = admin.list_group_offsets(group_id).get(group_id, {})
+        except kafka.errors.KafkaError as exc:
+            raise ServiceUnavailableError(
+                f"cannot read the offsets of group {group_id} on {topic}: {exc}"
+            ) from None
+        finally:
+            admin.close()
+        out: dict[int, tuple[int, int | None]] = {}
+        for tp in tps:
+            meta = committed.get(tp)
+            out[tp.partition] = (
+                int(ends[tp].offset),
+                None if meta is None or meta.offset < 0 else int(meta.offset),
+            )
+        return out
+
+    return call_with_deadline(read, timeout_s * 2, f"reading the lag of group {group_id}")
+
+
+def group_members(bootstrap_servers: Sequence[str], group_id: str, timeout_s: float = 15.0) -> int:
+    """How many members the consumer group has right now (0 for an empty or unknown group)."""
+
+    def read() -> int:
+        admin = _admin(bootstrap_servers, timeout_s)
+        try:
+            described = admin.describe_groups([group_id]).get(group_id, {})
+        except kafka.errors.KafkaError as exc:
+            raise ServiceUnavailableError(f"cannot describe group {group_id}: {exc}") from None
+        finally:
+            admin.close()
+        return len(described.get("members") or [])
+
+    return call_with_deadline(read, timeout_s * 2, f"describing group {group_id}")
+
+
+T = TypeVar("T")
+
+
+def call_with_deadline(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run a blocking client call on a helper thread; give up after ``timeout_s``.
+
+    Some kafka-python calls wait for cluster metadata or a group coordinator without any
+    bound (seen under load with 3.0.12). A caller that must stay responsive (a worker
+    deciding whether it is idle, ``status``) uses this instead of hanging with them: the
+    abandoned call finishes or fails on its daemon thread, and its result is dropped.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"dualwrite-{what[:40]}", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise ServiceUnavailableError(f"Kafka did not answer within {timeout_s:g}s ({what})")
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["value"])
+
+
+def topic_partitions(
+    bootstrap_servers: Sequence[str], topic: str, timeout_s: float = 15.0
+) -> list[int]:
+    """The partition numbers of ``topic``, sorted; [] when it does not exist."""
+
+    def read() -> list[int]:
+        admin = _admin(bootstrap_servers, timeout_s)
+        try:
+            return _partitions(admin, topic)
+        except kafka.errors.KafkaError as exc:
+            raise ServiceUnavailableError(f"cannot describe topic {topic}: {exc}") from None
+        finally:
+            admin.close()
+
+    return call_with_deadline(read, timeout_s * 2, f"describing topic {topic}")
+
+
+def _partitions(admin: Any, topic: str) -> list[int]:
+    """The topic's partition numbers, sorted; [] when the topic does not exist."""
+    for described in admin.describe_topics([topic]):
+        if described["name"] == topic and described["error_code"] == 0:
+            return sorted(int(p["partition_index"]) for p in described["partitions"])
+    return []
 
 
 def read_topic(
@@ -285,10 +386,10 @@ def read_topic(
             f"cannot reach Kafka at {','.join(bootstrap_servers)}: {exc}"
         ) from None
     try:
-        partitions = consumer.partitions_for_topic(topic)
+        partitions = topic_partitions(bootstrap_servers, topic)
         if not partitions:
             raise ServiceUnavailableError(f"topic {topic} does not exist")
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        assigned = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assigned)
         if from_beginning:
             consumer.seek_to_beginning(*assigned)

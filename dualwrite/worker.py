@@ -45,7 +45,14 @@ from dualwrite.apply import Applier, ApplyError, ensure_bookkeeping
 from dualwrite.config import MigrationConfig
 from dualwrite.envelope import ChangeEvent, EnvelopeError, decode_event
 from dualwrite.errors import ServiceUnavailableError
-from dualwrite.kafka_io import Consumer, Message, Producer, ensure_topic, group_lag
+from dualwrite.kafka_io import (
+    Consumer,
+    Message,
+    Producer,
+    ensure_topic,
+    group_lag,
+    group_members,
+)
 from dualwrite.metrics import Metrics
 from dualwrite.redaction import redact_text
 from dualwrite.transform import TargetOp, TransformError, Transforms
@@ -88,6 +95,8 @@ class WorkerSettings:
     linger_ms: int = 100
     idle_s: float = 2.0  # with until_idle: exit after this long with nothing left to read
     max_apply_attempts: int = 3
+    # with no partitions for this long, check that the consumer is still in its group
+    rejoin_after_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,7 @@ def worker_metrics() -> Metrics:
     m.counter("worker_dead_letters_total", "Events sent to the dead-letter topic.")
     m.counter("worker_parked_total", "Events parked behind a quarantined key.")
     m.counter("worker_batches_total", "Batches committed.")
+    m.counter("worker_retries_total", "Retries while the target database or Kafka was unavailable.")
     m.gauge(
         "worker_end_to_end_lag_seconds",
         "Now minus the source timestamp of the last applied change.",
@@ -164,15 +174,20 @@ def run_worker(
     servers = config.kafka.bootstrap_servers
     ensure_topic(servers, config.changes_topic, partitions=config.relay.topic_partitions)
     ensure_topic(servers, dead_letter_topic(config), partitions=1)
-    consumer = Consumer(
-        servers,
-        consumer_group(config),
-        [config.changes_topic],
-        client_id=f"{config.kafka.client_id}-worker",
-        max_poll_records=settings.batch_size,
-    )
+
+    def new_consumer() -> Consumer:
+        return Consumer(
+            servers,
+            consumer_group(config),
+            [config.changes_topic],
+            client_id=f"{config.kafka.client_id}-worker",
+            max_poll_records=settings.batch_size,
+        )
+
+    consumer = new_consumer()
+    unassigned_since: float | None = None
     producer = Producer(servers, client_id=f"{config.kafka.client_id}-worker-dlq")
-    target = _Target(engine, transforms, stop)
+    target = _Target(engine, transforms, stop, metrics)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dualwrite-apply")
     t0 = time.monotonic()
     totals = _Totals()
@@ -183,7 +198,7 @@ def run_worker(
     def complete(messages: list[Message], applying: Future[_Outcome]) -> None:
         """The batch's target commit, then its dead letters, then its offsets (in that order)."""
         result = applying.result()
-        _publish_and_commit(consumer, producer, config, stop, messages, result)
+        _publish_and_commit(consumer, producer, config, stop, metrics, messages, result)
         totals.add(len(messages), result, metrics)
         if on_batch is not None:
             on_batch(len(messages))
@@ -205,14 +220,31 @@ def run_worker(
                 )
             elif until_idle:
                 idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since >= settings.idle_s and _group_caught_up(config):
+                if time.monotonic() - idle_since >= settings.idle_s and _group_caught_up(
+                    config, metrics
+                ):
                     break
+            if messages or consumer.assigned():
+                unassigned_since = None
+            elif unassigned_since is None:
+                unassigned_since = time.monotonic()
+            elif time.monotonic() - unassigned_since >= settings.rejoin_after_s:
+                unassigned_since = None
+                if _left_alone(config, metrics):
+                    consumer.close()
+                    consumer = new_consumer()
             if time.monotonic() - last_log >= 10.0:
                 totals.log(metrics)
                 last_log = time.monotonic()
         if pending is not None:
             complete(*pending)
             pending = None
+    except _StoppedUncommitted as exc:
+        log.warning(
+            "stopped with a batch whose offsets are not committed (%s); "
+            "it is redelivered and replayed without effect",
+            exc,
+        )
     finally:
         executor.shutdown(wait=True)  # a batch still being applied is not committed: redelivered
         consumer.close()
@@ -235,10 +267,13 @@ class _Target:
     connection, as often as it takes (until ``stop``); nothing is committed to Kafka meanwhile.
     """
 
-    def __init__(self, engine: Engine, transforms: Transforms, stop: threading.Event) -> None:
+    def __init__(
+        self, engine: Engine, transforms: Transforms, stop: threading.Event, metrics: Metrics
+    ) -> None:
         self.engine = engine
         self.transforms = transforms
         self.stop = stop
+        self.metrics = metrics
         self.conn = _connect(engine)
         self.applier = Applier(self.conn, transforms)
 
@@ -256,7 +291,12 @@ class _Target:
                     self.applier, self.conn, config, self.transforms, messages, settings, prepared
                 )
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if self.stop.is_set():
+                    raise _StoppedUncommitted(
+                        f"target database unavailable: {redact_text(str(exc).strip())}"
+                    ) from None
                 failures += 1
+                self.metrics.inc("worker_retries_total")
                 log.warning(
                     "target database unavailable (%s); retrying the batch",
                     redact_text(str(exc).strip()),
@@ -310,27 +350,48 @@ def _publish_and_commit(
     producer: Producer,
     config: MigrationConfig,
     stop: threading.Event,
+    metrics: Metrics,
     messages: list[Message],
     result: _Outcome,
 ) -> None:
-    """Dead letters first (acknowledged), then the offsets: both retried while unavailable."""
-    for _attempt in range(1000):
+    """Dead letters first (acknowledged), then the offsets: both retried while unavailable.
+
+    Never gives up while running: committing the offsets without the dead letters would lose
+    them. A stop requested meanwhile raises :class:`_StoppedUncommitted`; the batch's target
+    writes are committed but its offsets are not, so the batch is redelivered and replayed
+    (a no-op through the version guard; its poison events find their keys quarantined).
+    """
+    attempt = 0
+    while True:
         try:
             _publish_dead_letters(producer, config, result.poison)
             break
         except ServiceUnavailableError as exc:
-            log.warning("cannot publish dead letters (%s); retrying", exc)
-            _sleep(stop, _attempt + 1)
-    for attempt in range(1, 1000):
+            attempt = _retry_or_stop(stop, metrics, attempt, f"cannot publish dead letters ({exc})")
+    attempt = 0
+    while True:
         try:
             if not consumer.commit(_next_offsets(messages)):
                 log.warning(
                     "the group rebalanced during the batch; its new owner re-reads it (no effect)"
                 )
-            break
+            return
         except ServiceUnavailableError as exc:
-            log.warning("%s; retrying", exc)
-            _sleep(stop, attempt)
+            attempt = _retry_or_stop(stop, metrics, attempt, str(exc))
+
+
+class _StoppedUncommitted(Exception):
+    """Stop was requested while Kafka refused a batch's dead letters or offsets."""
+
+
+def _retry_or_stop(stop: threading.Event, metrics: Metrics, attempt: int, reason: str) -> int:
+    if stop.is_set():
+        raise _StoppedUncommitted(reason)
+    attempt += 1
+    metrics.inc("worker_retries_total")
+    log.warning("%s; retrying (attempt %d)", reason, attempt)
+    _sleep(stop, attempt)
+    return attempt
 
 
 @dataclass(frozen=True)
@@ -341,16 +402,45 @@ class _Outcome:
     last_ts: dt.datetime | None
 
 
-def _group_caught_up(config: MigrationConfig) -> bool:
+def _group_caught_up(config: MigrationConfig, metrics: Metrics) -> bool:
     """Every partition of the topic, not only this member's, has its committed offset at the
-    log end: a member that is gone but not yet evicted may still hold partitions."""
-    offsets = group_lag(
-        config.kafka.bootstrap_servers, consumer_group(config), config.changes_topic
-    )
+    log end: a member that is gone but not yet evicted may still hold partitions.
+
+    Kafka not answering means "not known to be caught up": logged, and asked again later.
+    """
+    try:
+        offsets = group_lag(
+            config.kafka.bootstrap_servers, consumer_group(config), config.changes_topic
+        )
+    except ServiceUnavailableError as exc:
+        metrics.inc("worker_retries_total")
+        log.warning("cannot tell whether the group caught up (%s); still waiting", exc)
+        return False
     return bool(offsets) and all(
         end == 0 or (committed is not None and committed >= end)
         for end, committed in offsets.values()
     )
+
+
+def _left_alone(config: MigrationConfig, metrics: Metrics) -> bool:
+    """True when the group has no member at all although this consumer is subscribed to it:
+    kafka-python (3.0.12) can drop out of its group under load and not rejoin, polling
+    nothing from then on. The caller then replaces the consumer, which joins afresh."""
+    group = consumer_group(config)
+    try:
+        members = group_members(config.kafka.bootstrap_servers, group)
+    except ServiceUnavailableError as exc:
+        log.warning("cannot check membership of group %s (%s)", group, exc)
+        return False
+    if members:
+        return False
+    metrics.inc("worker_rejoins_total")
+    log.warning(
+        "this worker has no partitions and group %s has no members: "
+        "the consumer fell out of its group; joining again with a new consumer",
+        group,
+    )
+    return True
 
 
 def _poll(consumer: Consumer, settings: WorkerSettings, stop: threading.Event) -> list[Message]:

@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 
 from dualwrite import capture
 from dualwrite.config import MigrationConfig
-from dualwrite.dlq import dead_letters, quarantined
+from dualwrite.dlq import dead_letters, migration_quarantine
 from dualwrite.errors import DualwriteError
 from dualwrite.lag import pipeline_status
 from dualwrite.state import Check, MigrationState, current_state
@@ -259,13 +259,7 @@ def worker_lag_gate(config: MigrationConfig, target: Engine) -> Gate:
 def dead_letters_gate(config: MigrationConfig, target: Engine) -> Gate:
     limit = config.thresholds.max_dead_letters
     letters = dead_letters(config, idle_timeout_ms=1000)
-    # the target's quarantine is shared by every migration writing to it: this one's keys are
-    # those of its tables and those on its own dead-letter topic (undecodable keys too)
-    prefixes = tuple(f"{t.source}:" for t in config.tables)
-    lettered = {d.key for d in letters}
-    keys = [
-        q for q in quarantined(target) if q.msg_key.startswith(prefixes) or q.msg_key in lettered
-    ]
+    keys = migration_quarantine(target, config, letters)  # the target's is shared
     open_keys = {q.msg_key for q in keys}
     unresolved = [d for d in letters if d.key in open_keys]
     evidence = {

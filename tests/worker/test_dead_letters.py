@@ -106,6 +106,54 @@ def test_poison_is_dead_lettered_quarantined_parked_and_redriven(merge_pipeline:
     ]
 
 
+def test_redrive_keeps_to_its_migration_and_finishes_what_an_interrupted_redrive_left_parked(
+    merge_pipeline: Pipeline,
+) -> None:
+    p = merge_pipeline
+    mine = f"{p.src}.person:[4]"
+    foreign = f"other_{p.src}.t:[1]"  # another migration writing to the same target database
+    p.source_sql("INSERT INTO {s}.person VALUES (4, 'bad city', NULL, 'forbidden')")  # CHECK fails
+    _pump(p)
+    p.source_sql("UPDATE {s}.person SET city = 'Rome' WHERE id = 4")
+    _pump(p)  # parked behind the quarantined key
+    with p.target.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO dualwrite.quarantine (msg_key, reason, error) "
+                "VALUES (:k, 'target_error', 'not ours')"
+            ),
+            {"k": foreign},
+        )
+        # a re-drive that died after lifting the quarantine: the parked event is all that is left
+        conn.execute(text("DELETE FROM dualwrite.quarantine WHERE msg_key = :k"), {"k": mine})
+    try:
+        listed = CliRunner().invoke(cli, ["dlq", "list", p.config.path, "--json"])
+        assert listed.exit_code == 1, listed.output
+        held = {q["msg_key"]: q for q in json.loads(listed.output)["quarantined"]}
+        assert foreign not in held
+        assert held[mine]["reason"] == "redrive_interrupted" and held[mine]["parked"] == 1
+
+        with p.target.begin() as conn:
+            conn.execute(text(f'ALTER TABLE "{p.dst}".address DROP CONSTRAINT address_city_check'))
+        result = redrive(p.target, p.config, p.transforms)
+        assert mine in result.keys and foreign not in result.keys
+        assert result.still_quarantined == ()
+        assert p.target_rows("address") == [(4, "Rome")]
+        with p.target.connect() as conn:
+            left = conn.execute(
+                text("SELECT msg_key FROM dualwrite.parked WHERE msg_key = :k"), {"k": mine}
+            ).all()
+            foreign_held = conn.execute(
+                text("SELECT count(*) FROM dualwrite.quarantine WHERE msg_key = :k"), {"k": foreign}
+            ).scalar_one()
+        assert left == [] and foreign_held == 1
+    finally:
+        with p.target.begin() as conn:
+            conn.execute(
+                text("DELETE FROM dualwrite.quarantine WHERE msg_key = :k"), {"k": foreign}
+            )
+
+
 @pytest.mark.parametrize("read_whole", [1000, 0], ids=["table-read-whole", "keys-looked-up"])
 def test_a_key_quarantined_by_one_batch_parks_its_events_in_the_next(
     merge_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, read_whole: int
