@@ -27,12 +27,13 @@ from dualwrite.errors import ServiceUnavailableError
 __all__ = [
     "ClusterInfo",
     "Consumer",
+    "GroupState",
     "Message",
     "Producer",
     "call_with_deadline",
     "ensure_topic",
     "group_lag",
-    "group_members",
+    "group_state",
     "is_retriable",
     "probe_cluster",
     "read_topic",
@@ -228,10 +229,6 @@ class Consumer:
                 raise ServiceUnavailableError(f"offset commit failed: {exc}") from None
             raise
 
-    def assigned(self) -> int:
-        """How many partitions the group currently assigns to this member."""
-        return len(self._consumer.assignment())
-
     def committed(self, topic: str, partition: int) -> int | None:
         """The group's committed offset for one partition, or None when nothing was committed."""
         try:
@@ -289,10 +286,25 @@ def group_lag(
     return call_with_deadline(read, timeout_s * 2, f"reading the lag of group {group_id}")
 
 
-def group_members(bootstrap_servers: Sequence[str], group_id: str, timeout_s: float = 15.0) -> int:
-    """How many members the consumer group has right now (0 for an empty or unknown group)."""
+@dataclass(frozen=True)
+class GroupState:
+    """A consumer group as the broker sees it."""
 
-    def read() -> int:
+    state: str  # Empty, Stable, PreparingRebalance, CompletingRebalance, Dead
+    members: int
+
+    @property
+    def abandoned(self) -> bool:
+        """No member at all (and no rebalance in progress)."""
+        return self.members == 0 and self.state in ("Empty", "Dead")
+
+
+def group_state(
+    bootstrap_servers: Sequence[str], group_id: str, timeout_s: float = 15.0
+) -> GroupState:
+    """The group's state and member count (``Dead`` with 0 members for an unknown group)."""
+
+    def read() -> GroupState:
         admin = _admin(bootstrap_servers, timeout_s)
         try:
             described = admin.describe_groups([group_id]).get(group_id, {})
@@ -300,7 +312,9 @@ def group_members(bootstrap_servers: Sequence[str], group_id: str, timeout_s: fl
             raise ServiceUnavailableError(f"cannot describe group {group_id}: {exc}") from None
         finally:
             admin.close()
-        return len(described.get("members") or [])
+        return GroupState(
+            str(described.get("group_state") or "Dead"), len(described.get("members") or [])
+        )
 
     return call_with_deadline(read, timeout_s * 2, f"describing group {group_id}")
 

@@ -51,7 +51,7 @@ from dualwrite.kafka_io import (
     Producer,
     ensure_topic,
     group_lag,
-    group_members,
+    group_state,
 )
 from dualwrite.metrics import Metrics
 from dualwrite.redaction import redact_text
@@ -95,7 +95,7 @@ class WorkerSettings:
     linger_ms: int = 100
     idle_s: float = 2.0  # with until_idle: exit after this long with nothing left to read
     max_apply_attempts: int = 3
-    # with no partitions for this long, check that the consumer is still in its group
+    # with nothing polled for this long, check that the consumer is still in its group
     rejoin_after_s: float = 60.0
 
 
@@ -185,7 +185,7 @@ def run_worker(
         )
 
     consumer = new_consumer()
-    unassigned_since: float | None = None
+    quiet_since: float | None = None
     producer = Producer(servers, client_id=f"{config.kafka.client_id}-worker-dlq")
     target = _Target(engine, transforms, stop, metrics)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dualwrite-apply")
@@ -224,12 +224,13 @@ def run_worker(
                     config, metrics
                 ):
                     break
-            if messages or consumer.assigned():
-                unassigned_since = None
-            elif unassigned_since is None:
-                unassigned_since = time.monotonic()
-            elif time.monotonic() - unassigned_since >= settings.rejoin_after_s:
-                unassigned_since = None
+            # not trusting the consumer's own view of its assignment: the broker's counts
+            if messages:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= settings.rejoin_after_s:
+                quiet_since = None
                 if _left_alone(config, metrics):
                     consumer.close()
                     consumer = new_consumer()
@@ -425,18 +426,19 @@ def _group_caught_up(config: MigrationConfig, metrics: Metrics) -> bool:
 def _left_alone(config: MigrationConfig, metrics: Metrics) -> bool:
     """True when the group has no member at all although this consumer is subscribed to it:
     kafka-python (3.0.12) can drop out of its group under load and not rejoin, polling
-    nothing from then on. The caller then replaces the consumer, which joins afresh."""
+    nothing from then on (its own view may still list partitions). The caller then replaces
+    the consumer, which joins afresh."""
     group = consumer_group(config)
     try:
-        members = group_members(config.kafka.bootstrap_servers, group)
+        state = group_state(config.kafka.bootstrap_servers, group)
     except ServiceUnavailableError as exc:
         log.warning("cannot check membership of group %s (%s)", group, exc)
         return False
-    if members:
+    if not state.abandoned:
         return False
     metrics.inc("worker_rejoins_total")
     log.warning(
-        "this worker has no partitions and group %s has no members: "
+        "this worker polled nothing for a while and group %s is empty on the broker: "
         "the consumer fell out of its group; joining again with a new consumer",
         group,
     )
