@@ -168,10 +168,11 @@ def run_ours(config: Path, workers: int) -> dict[str, Any]:
         [sys.executable, __file__, "--child", str(config), "--workers", str(workers)],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
-    if os.environ.get("BENCH_DEBUG"):
+    if os.environ.get("BENCH_DEBUG") or out.returncode != 0:
         sys.stderr.write(out.stderr)
+    out.check_returncode()
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["wall_s"] = time.perf_counter() - t0
     return result

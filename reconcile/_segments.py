@@ -192,7 +192,9 @@ def _checksums(
 
 def _leaf(
     conn: psycopg.Connection[Any], plan: SqlPlan, side: str, lo: Bound | None, hi: Bound | None
-) -> dict[Key, int]:
+) -> set[tuple[Any, ...]]:
+    """(key columns..., row hash) of every row in [lo, hi): rows as fetched, no per-row
+    Python beyond hashing the tuple into the set."""
     cols = plan.key_columns(side)
     query = sql.SQL("SELECT {keys}, {hash} FROM {table} AS t WHERE {range}").format(
         keys=sql.SQL(", ").join(_col(c) for c in cols),
@@ -202,11 +204,9 @@ def _leaf(
     )
     with conn.cursor(binary=True) as cur:
         cur.execute(query)
-        rows = cur.fetchall()
+        rows = set(cur.fetchall())
     conn.commit()
-    if len(cols) == 1:
-        return {(k,): h for k, h in rows}
-    return {tuple(r[:-1]): r[-1] for r in rows}
+    return rows
 
 
 class SegmentDiff:
@@ -406,7 +406,7 @@ class SegmentDiff:
         plan = self.plan
         src = self._on("source", lambda c: _leaf(c, plan, "source", lo, hi))
         dst = self._on("target", lambda c: _leaf(c, plan, "target", lo, hi))
-        changed = {k for k, _ in src.items() ^ dst.items()}
+        changed = {row[:-1] for row in src ^ dst}  # a key whose hash differs, or one side lacks
         self._count(queries=2, fetched=len(src) + len(dst), candidates=changed)
         if self._counting_rows:
             with self._lock:
