@@ -110,14 +110,21 @@ def reconcile(
         with targets.get() as dst:
             types = {name: target_types(dst, transforms.targets[name].table) for name in names}
         t0 = time.perf_counter()
-        plans = _plans(sources, targets, config, transforms, shapes, types) if segments else {}
-        log.debug("plans checked in %.2f s", time.perf_counter() - t0)
+        plans = _plans(config, transforms, shapes, types) if segments else {}
+        # Each plan is checked against the Python transform while its segments are compared
+        # (the checks are queued first, so no comparison waits on a check queued behind it);
+        # a table whose check fails is compared by the streaming route afterwards.
+        checks = {
+            name: tables.submit(_check_plan, sources, targets, plan, transforms)
+            for name, plan in plans.items()
+        }
         futures: list[Future[_Compared]] = []
         for name, plan in plans.items():
             futures.append(
                 tables.submit(
                     _segment_table,
                     plan,
+                    checks[name],
                     sources,
                     targets,
                     pool,
@@ -147,11 +154,20 @@ def reconcile(
         counts: dict[str, tuple[int, int]] = {}
         settled: set[str] = set()
         methods = {n: ("segments" if n in plans else "stream") for n in names}
+        rejected: dict[str, Mapping[str, str]] = {}
         for f in futures:
             compared = f.result()
             candidates.extend(compared.differences)
             counts.update(compared.counts)
             settled.update(compared.settled)
+            rejected.update({n: types[n] for n in compared.rejected})
+        if rejected:
+            methods.update(dict.fromkeys(rejected, "stream"))
+            compared = _stream_tables(
+                sources, targets, transforms, shapes, rejected, chunk_rows, bucket_rows, progress
+            )
+            candidates.extend(compared.differences)
+            counts.update(compared.counts)
         log.debug("compared in %.2f s: %d candidates", time.perf_counter() - t0, len(candidates))
         if config.reverse_of is not None:
             from reconcile._unmigrated import drop_unmigrated  # here: it imports this module
@@ -204,14 +220,12 @@ def reconcile(
 
 
 def _plans(
-    sources: Sessions,
-    targets: Sessions,
     config: MigrationConfig,
     transforms: Transforms,
     shapes: Mapping[str, TableShape],
     types: Mapping[str, Mapping[str, str]],
 ) -> dict[str, SqlPlan]:
-    """The targets that can be compared by segment checksums, with their checked plans."""
+    """The targets that may be compared by segment checksums, with their (unchecked) plans."""
     plans: dict[str, SqlPlan] = {}
     for table in config.tables:
         label = str(table.source)
@@ -221,28 +235,36 @@ def _plans(
         for name in st.targets:
             plan, reason = plan_for(transforms, table, shapes[label], name, types[name])
             if plan is not None:
-                with sources.get() as src, targets.get() as dst:
-                    reason = check_plan(src, dst, plan, transforms)
-                if not reason:
-                    plans[name] = plan
-                    continue
-            log.info("%s: compared in Python, not by segment checksums: %s", name, reason)
+                plans[name] = plan
+            else:
+                log.info("%s: compared in Python, not by segment checksums: %s", name, reason)
     return plans
+
+
+def _check_plan(sources: Sessions, targets: Sessions, plan: SqlPlan, transforms: Transforms) -> str:
+    t0 = time.perf_counter()
+    with sources.get() as src, targets.get() as dst:
+        reason = check_plan(src, dst, plan, transforms)
+    log.debug("%s: plan checked in %.2f s", plan.target, time.perf_counter() - t0)
+    return reason
 
 
 @dataclass(frozen=True)
 class _Compared:
     """What one comparison job found: differences, (expected, target) rows per target, and
     the targets whose differences were read after the pipeline had passed the position (final:
-    no re-check needed)."""
+    no re-check needed), and the targets whose plan failed its check (nothing found: to be
+    compared by the streaming route)."""
 
     differences: list[Difference]
     counts: dict[str, tuple[int, int]]
     settled: frozenset[str] = frozenset()
+    rejected: frozenset[str] = frozenset()  # its SQL plan disagreed with Python: stream it
 
 
 def _segment_table(
     plan: SqlPlan,
+    check: Future[str],
     sources: Sessions,
     targets: Sessions,
     pool: ThreadPoolExecutor,
@@ -253,6 +275,10 @@ def _segment_table(
     catch_up: CatchUp,
 ) -> _Compared:
     stats: SegmentStats = SegmentDiff(plan, sources, targets, pool, tuning).run()
+    reason = check.result()
+    if reason:
+        log.info("%s: compared in Python, not by segment checksums: %s", plan.target, reason)
+        return _Compared([], {}, rejected=frozenset({plan.target}))
     log.info(
         "%s: %d segments, %d differing, %d leaf rows fetched, %d queries, %d candidate keys",
         plan.target,
