@@ -74,6 +74,7 @@ class Tuning:
     probes: int = 16  # segments checksummed first to guess whether most differ
     parts: int = 4  # key ranges per side scanned at once for the first level
     packed: bool = True  # integer keys: leaf pairs travel as one bytea, compared by numpy
+    packed_rows: int = 10_000  # ... for leaf ranges of at least this many (estimated) rows
 
 
 def _col(name: str) -> sql.Composable:
@@ -435,7 +436,7 @@ class SegmentDiff:
         for i in [*small, -1]:
             if run and (i != run[-1] + 1 or rows + size(i) > self.tuning.batch_rows or i < 0):
                 a, b = edges(run[0])[0], edges(run[-1])[1]
-                start(self._compare_leaf, a, b)
+                start(self._compare_leaf, a, b, rows)
                 run, rows = [], 0
             if i >= 0:
                 run.append(i)
@@ -453,7 +454,7 @@ class SegmentDiff:
             lambda c: _bounds(c, plan, "target", self.tuning.fanout, rows, lo, hi),
         )
         if not bounds:
-            self._compare_leaf(lo, hi)
+            self._compare_leaf(lo, hi, rows)
             return
         src = self._on(
             "source", partial(_checksums, plan=plan, side="source", bounds=bounds, lo=lo, hi=hi)
@@ -464,10 +465,10 @@ class SegmentDiff:
         self._count(queries=3)
         self._descend_all(bounds, lo, hi, src, dst, self._differing(src, dst), inline=True)
 
-    def _compare_leaf(self, lo: Bound | None, hi: Bound | None) -> None:
+    def _compare_leaf(self, lo: Bound | None, hi: Bound | None, rows: int) -> None:
         plan = self.plan
         changed: set[Key]
-        if self._packed:
+        if self._packed and rows >= self.tuning.packed_rows:
             a = self._on("source", lambda c: _packed_leaf(c, plan, "source", lo, hi))
             b = self._on("target", lambda c: _packed_leaf(c, plan, "target", lo, hi))
             changed = {(k,) for k in differing_keys(a, b).tolist()}

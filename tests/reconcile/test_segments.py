@@ -180,8 +180,9 @@ def _found(result: Any) -> set[tuple[str, str]]:
         Tuning(leaf_rows=40, max_segments=64, many=0.0),  # falls back to the merge of hashes
         Tuning(),  # one leaf per differing segment
         Tuning(leaf_rows=40, probes=4, many=-1.0),  # the probe says "most differ": merge all
-        Tuning(leaf_rows=40, probes=4, many=-1.0, packed=False),  # pairs as Python tuples
-        Tuning(leaf_rows=40, fanout=4, max_segments=16, packed=False),
+        # leaf pairs packed into one bytea per leaf and compared by numpy (integer keys)
+        Tuning(leaf_rows=40, probes=4, many=-1.0, packed_rows=0),
+        Tuning(leaf_rows=40, fanout=4, max_segments=16, packed_rows=0),
     ],
 )
 def test_segment_checksums_find_seeded_drift_exactly(
