@@ -58,7 +58,8 @@ class CatchUp:
     and re-raises what the watcher failed with (an unreachable broker:
     :class:`dualwrite.errors.ServiceUnavailableError`; a database error). :meth:`close` stops
     the thread without waiting for it (a broker call in progress finishes on its own).
-    ``start``/``wait``/``close`` are for one thread; the watcher thread only sets events.
+    ``start``/``wait``/``close`` are for one thread, :meth:`passed` for any; the watcher
+    thread only sets events.
     """
 
     def __init__(

@@ -80,6 +80,8 @@ def reconcile(
     A difference is re-checked once the pipeline has caught up with the source position seen
     when the read began (waiting at most ``wait_s``): if it is gone it was in flight; if the
     pipeline did not catch up in time it is reported as unverified (status incomplete).
+    Whether the pipeline has caught up is polled by a daemon thread from the start of the
+    comparison (:class:`reconcile._catchup.CatchUp`; Kafka is asked only from there).
     ``segments=False`` forces the streaming comparison for every table; ``bucket_rows`` bounds
     the rows per side held in memory by the streaming comparison. Raises
     :class:`psycopg.Error` when a database fails, and the snapshot/transform errors of a bad
