@@ -25,7 +25,6 @@ import json
 import os
 import random
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import emit_json, libpq_url, machine_info, print_table
 
 DB_A, DB_B = "dw_bench_reconcile_a", "dw_bench_reconcile_b"
+CHILD = Path(__file__).with_name("_reconcile_child.py")  # imports only what reconcile needs
 BERLIN = "Europe/Berlin"
 
 SAME = {
@@ -165,49 +165,17 @@ def copy_floor(url_a: str, table_a: str, url_b: str, table_b: str) -> tuple[floa
 def run_ours(config: Path, workers: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(config), "--workers", str(workers)],
+        [sys.executable, str(CHILD), str(config), str(workers)],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
-    if os.environ.get("BENCH_DEBUG"):
+    if os.environ.get("BENCH_DEBUG") or out.returncode != 0:
         sys.stderr.write(out.stderr)
+    out.check_returncode()
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["wall_s"] = time.perf_counter() - t0
     return result
-
-
-def child(config_path: str, workers: int) -> None:
-    """Run reconcile in this process; print its counts, time and peak RSS as JSON."""
-    t0 = time.perf_counter()
-    from dualwrite import load_migration, make_engine
-    from dualwrite.transform import load_transforms
-    from reconcile import reconcile
-
-    if os.environ.get("BENCH_DEBUG"):
-        import logging
-
-        logging.basicConfig(
-            level=logging.DEBUG, format="%(relativeCreated)6.0f %(name)s %(message)s"
-        )
-        logging.getLogger("kafka").setLevel(logging.WARNING)
-    imported = time.perf_counter()
-    config = load_migration(config_path)
-    source, target = make_engine(config.source), make_engine(config.target)
-    result = reconcile(source, target, config, load_transforms(config), workers=workers, wait_s=30)
-    print(
-        json.dumps(
-            {
-                "seconds": time.perf_counter() - t0,
-                "import_s": imported - t0,
-                "call_s": time.perf_counter() - imported,
-                "counts": result.counts,
-                "status": result.status,
-                "methods": [t.method for t in result.tables],
-                "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            }
-        )
-    )
 
 
 def run_reladiff(
@@ -262,11 +230,7 @@ def main() -> None:
     parser.add_argument("--drift", default="10,1%")
     parser.add_argument("--keep", action="store_true", help="keep the scratch databases")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        child(args.child, args.workers)
-        return
     base = os.environ["DUALWRITE_SOURCE_URL"]
     kafka = os.environ["DUALWRITE_KAFKA_BOOTSTRAP"]
     url_a, url_b = url_for(base, DB_A), url_for(base, DB_B)

@@ -15,10 +15,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from cli._direction import load_direction, reverse_option
+from cli._direction import load_direction, reverse_option, transforms_of
 from cli._output import emit_json, err, out
 from cli._signals import stop_on_signals
-from cli._worker import _transforms
 from dualwrite import make_engine
 from dualwrite.backfill import BackfillProgress, BackfillSettings, run_backfill
 
@@ -78,7 +77,7 @@ def backfill_command(
     the chunk in hand; run the same command again to resume. Exit 3 when stopped early.
     """
     config = load_direction(migration_file, reverse)
-    transforms = _transforms(config)
+    transforms = transforms_of(config)
     source, target = make_engine(config.source), make_engine(config.target)
     settings = BackfillSettings(
         chunk_rows=chunk_rows,

@@ -10,10 +10,9 @@ from pathlib import Path
 import click
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from cli._direction import load_direction, reverse_option
+from cli._direction import load_direction, reverse_option, transforms_of
 from cli._output import err, out
 from cli._signals import stop_on_signals
-from cli._worker import _transforms
 from dualwrite import load_migration, make_engine
 from reconcile import (
     DEFAULT_WORKERS,
@@ -144,7 +143,7 @@ def reconcile_command(
     charts the drift of the recorded runs. With --repair the exit code is still the diff's.
     """
     config = load_direction(migration_file, reverse)
-    transforms = _transforms(config)
+    transforms = transforms_of(config)
     source, target = make_engine(config.source), make_engine(config.target)
     repaired: RepairResult | None = None
     stop = stop_on_signals()
@@ -261,7 +260,7 @@ def repair_command(
     """
     config = load_migration(migration_file)
     saved = load_report(report)
-    transforms = _transforms(config)
+    transforms = transforms_of(config)
     source = make_engine(config.source)
     try:
         with _progress(quiet) as bars:

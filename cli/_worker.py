@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import click
 
-from cli._direction import load_direction, reverse_option
+from cli._direction import load_direction, reverse_option, transforms_of
 from cli._output import emit_json, out
 from cli._signals import stop_on_signals
 from dualwrite import make_engine
-from dualwrite.config import MigrationConfig
 from dualwrite.dlq import dead_letters, migration_quarantine, redrive
 from dualwrite.lag import pipeline_status
 from dualwrite.metrics import MetricsServer
 from dualwrite.state import current_state
-from dualwrite.transform import Transforms, load_transforms
 from dualwrite.worker import WorkerSettings, run_worker, worker_metrics
 from reconcile import evaluate_readiness
 
 migration_arg = click.argument("migration_file", type=click.Path(dir_okay=False))
-
-
-def _transforms(config: MigrationConfig) -> Transforms:
-    # The transform module is imported relative to the current directory, like `python -m`.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    return load_transforms(config)
 
 
 @click.command("worker")
@@ -57,7 +47,7 @@ def worker_command(
     batch in hand, commits and leaves the group.
     """
     config = load_direction(migration_file, reverse)
-    transforms = _transforms(config)
+    transforms = transforms_of(config)
     engine = make_engine(config.target)
     stop = stop_on_signals()
     metrics = worker_metrics()
@@ -139,7 +129,7 @@ def dlq_show(migration_file: str, key: str, reverse: bool) -> None:
 def dlq_redrive(migration_file: str, keys: tuple[str, ...], reverse: bool) -> None:
     """Re-process quarantined KEYS (default: all of this migration's) through the version guard."""
     config = load_direction(migration_file, reverse)
-    transforms = _transforms(config)
+    transforms = transforms_of(config)
     engine = make_engine(config.target)
     try:
         result = redrive(engine, config, transforms, list(keys) or None)

@@ -6,22 +6,14 @@ not ready, 2 bad input or error, 3 incomplete.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import traceback
 
 import click
 
-from cli._backfill import backfill_command
-from cli._capture import capture_group, relay_command, tail_command
-from cli._config import config_group
-from cli._demo import demo_command
-from cli._dev import dev_group
 from cli._output import err
-from cli._readiness import cutover_command, readiness_command, rollback_command, state_group
-from cli._reconcile import reconcile_command, repair_command
-from cli._reverse import reverse_group
-from cli._worker import dlq_group, status_command, worker_command
 from dualwrite import __version__
 from dualwrite.errors import DualwriteError
 from dualwrite.redaction import redact_text
@@ -29,11 +21,47 @@ from dualwrite.redaction import redact_text
 EXIT_OK = 0
 EXIT_ERROR = 2
 
+COMMANDS = {
+    "demo": ("cli._demo", "demo_command"),
+    "dev": ("cli._dev", "dev_group"),
+    "config": ("cli._config", "config_group"),
+    "capture": ("cli._capture", "capture_group"),
+    "relay": ("cli._capture", "relay_command"),
+    "tail": ("cli._capture", "tail_command"),
+    "worker": ("cli._worker", "worker_command"),
+    "dlq": ("cli._worker", "dlq_group"),
+    "status": ("cli._worker", "status_command"),
+    "backfill": ("cli._backfill", "backfill_command"),
+    "reconcile": ("cli._reconcile", "reconcile_command"),
+    "repair": ("cli._reconcile", "repair_command"),
+    "readiness": ("cli._readiness", "readiness_command"),
+    "state": ("cli._readiness", "state_group"),
+    "cutover": ("cli._readiness", "cutover_command"),
+    "rollback": ("cli._readiness", "rollback_command"),
+    "reverse": ("cli._reverse", "reverse_group"),
+}
+"""Subcommand -> (module, attribute). A command's module (and what it imports: Kafka for the
+worker, pandas for the backfill) is imported only when that command runs or its help is
+shown, so ``dualwrite reconcile`` does not start by importing the whole toolkit."""
+
 
 class _Group(click.Group):
     """Maps expected library errors to one clear message and exit code 2, and anything
     unexpected (a bug, a database error no library call anticipated) to exit 2 with its
-    traceback: exit 1 means drift or not ready, so a crash must never look like it."""
+    traceback: exit 1 means drift or not ready, so a crash must never look like it.
+
+    Subcommands are loaded from :data:`COMMANDS` on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command) and command.name == cmd_name
+            self.add_command(command)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -64,25 +92,6 @@ def cli(verbose: int) -> None:
     # long-running services report progress by default
     for service in ("dualwrite.relay", "dualwrite.worker"):
         logging.getLogger(service).setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
-
-
-cli.add_command(demo_command)
-cli.add_command(dev_group)
-cli.add_command(config_group)
-cli.add_command(capture_group)
-cli.add_command(relay_command)
-cli.add_command(tail_command)
-cli.add_command(worker_command)
-cli.add_command(dlq_group)
-cli.add_command(status_command)
-cli.add_command(backfill_command)
-cli.add_command(reconcile_command)
-cli.add_command(repair_command)
-cli.add_command(readiness_command)
-cli.add_command(state_group)
-cli.add_command(cutover_command)
-cli.add_command(rollback_command)
-cli.add_command(reverse_group)
 
 
 def main() -> None:

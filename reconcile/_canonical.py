@@ -22,6 +22,7 @@ Documented equivalences (what counts as equal):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import uuid
@@ -179,6 +180,7 @@ NORMALISERS: dict[str, Normaliser] = {
 """Normaliser per base type name (``format_type`` without modifiers)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def base_type(type_name: str) -> str:
     """``numeric(12,2)`` -> ``numeric``; ``character varying(10)[]`` -> ``character varying[]``."""
     array = type_name.endswith("[]")
@@ -203,6 +205,38 @@ def canonical(type_name: str, value: Any) -> Any:
     if normaliser is None:
         return {"text": str(value)} if not isinstance(value, str) else value
     return normaliser(value)
+
+
+EQUAL_AS_IS: frozenset[type] = frozenset({str, int, bool, bytes})
+"""Types whose ``==`` holds only between identical representations: two such values of one
+type that are ``==`` have the same canonical form under every column type's rule."""
+
+EQUAL_BY_RULE: dict[str, frozenset[type]] = {
+    **dict.fromkeys(
+        ("smallint", "integer", "bigint", "numeric", "real", "double precision"),
+        frozenset({Decimal, float}),
+    ),
+    "timestamp with time zone": frozenset({dt.datetime}),
+    "timestamp without time zone": frozenset({dt.datetime}),
+}
+"""Per base type, the value types whose ``==`` is exactly the rule's equality (``1.10 == 1.1``,
+``-0.0 == 0.0``, one instant in two zones; ``NaN`` is never ``==``, and an aware datetime is
+never ``==`` a naive one), so ``==`` may decide before the canonical forms are built."""
+
+
+def same_canonical(type_name: str, a: Any, b: Any) -> bool:
+    """``canonical(type_name, a) == canonical(type_name, b)``, deciding the common case of
+    equal values of one Python type by ``==`` without building either form."""
+    kind = type(a)
+    if kind is type(b) and (
+        kind in EQUAL_AS_IS or kind in EQUAL_BY_RULE.get(base_type(type_name), ())
+    ):
+        try:
+            if a == b:
+                return True
+        except ArithmeticError:  # a signalling Decimal NaN: the rule decides
+            pass
+    return bool(canonical(type_name, a) == canonical(type_name, b))
 
 
 def encode_row(values: list[Any]) -> str:

@@ -26,18 +26,15 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
 
-import psycopg
-from psycopg import sql
 from sqlalchemy import Engine
 
 from dualwrite.capture._ddl import TableShape
 from dualwrite.config import MigrationConfig
-from dualwrite.kafka_io import group_lag
 from dualwrite.snapshot import source_shape
 from dualwrite.transform import Transforms
-from dualwrite.worker import consumer_group
+from reconcile._catchup import CatchUp, source_position
 from reconcile._rows import Key, evaluate, group_by_target, target_types
 from reconcile._segments import SegmentDiff, SegmentStats, Tuning
 from reconcile._session import Sessions
@@ -83,6 +80,8 @@ def reconcile(
     A difference is re-checked once the pipeline has caught up with the source position seen
     when the read began (waiting at most ``wait_s``): if it is gone it was in flight; if the
     pipeline did not catch up in time it is reported as unverified (status incomplete).
+    Whether the pipeline has caught up is polled by a daemon thread from the start of the
+    comparison (:class:`reconcile._catchup.CatchUp`; Kafka is asked only from there).
     ``segments=False`` forces the streaming comparison for every table; ``bucket_rows`` bounds
     the rows per side held in memory by the streaming comparison. Raises
     :class:`psycopg.Error` when a database fails, and the snapshot/transform errors of a bad
@@ -90,13 +89,18 @@ def reconcile(
     """
     started = dt.datetime.now(dt.UTC)
     workers = max(1, workers)
+    stop = stop or threading.Event()
     sources, targets = Sessions(source, 2 * workers + 1), Sessions(target, 2 * workers + 1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="reconcile-segment")
     tables = ThreadPoolExecutor(workers, thread_name_prefix="reconcile-table")
+    catch_up: CatchUp | None = None
     try:
         with sources.get() as src:
-            position = _source_position(src, config)
+            position = source_position(src, config)
             shapes = {str(t.source): source_shape(src, t) for t in config.tables}
+        # whether the pipeline passed the position is asked while the comparison runs
+        catch_up = CatchUp(source, config, position, stop)
+        catch_up.start()
         names = sorted(
             {
                 t
@@ -108,14 +112,21 @@ def reconcile(
         with targets.get() as dst:
             types = {name: target_types(dst, transforms.targets[name].table) for name in names}
         t0 = time.perf_counter()
-        plans = _plans(sources, targets, config, transforms, shapes, types) if segments else {}
-        log.debug("plans checked in %.2f s", time.perf_counter() - t0)
-        futures: list[Future[tuple[list[Difference], dict[str, tuple[int, int]]]]] = []
+        plans = _plans(config, transforms, shapes, types) if segments else {}
+        # Each plan is checked against the Python transform while its segments are compared
+        # (the checks are queued first, so no comparison waits on a check queued behind it);
+        # a table whose check fails is compared by the streaming route afterwards.
+        checks = {
+            name: tables.submit(_check_plan, sources, targets, plan, transforms)
+            for name, plan in plans.items()
+        }
+        futures: list[Future[_Compared]] = []
         for name, plan in plans.items():
             futures.append(
                 tables.submit(
                     _segment_table,
                     plan,
+                    checks[name],
                     sources,
                     targets,
                     pool,
@@ -123,6 +134,7 @@ def reconcile(
                     types[name],
                     tuning or Tuning(),
                     progress,
+                    catch_up,
                 )
             )
         streamed = {n: types[n] for n in names if n not in plans}
@@ -142,30 +154,51 @@ def reconcile(
             )
         candidates: list[Difference] = []
         counts: dict[str, tuple[int, int]] = {}
+        settled: set[str] = set()
         methods = {n: ("segments" if n in plans else "stream") for n in names}
+        rejected: dict[str, Mapping[str, str]] = {}
         for f in futures:
-            diffs, table_counts = f.result()
-            candidates.extend(diffs)
-            counts.update(table_counts)
+            compared = f.result()
+            candidates.extend(compared.differences)
+            counts.update(compared.counts)
+            settled.update(compared.settled)
+            rejected.update({n: types[n] for n in compared.rejected})
+        if rejected:
+            methods.update(dict.fromkeys(rejected, "stream"))
+            compared = _stream_tables(
+                sources, targets, transforms, shapes, rejected, chunk_rows, bucket_rows, progress
+            )
+            candidates.extend(compared.differences)
+            counts.update(compared.counts)
         log.debug("compared in %.2f s: %d candidates", time.perf_counter() - t0, len(candidates))
         if config.reverse_of is not None:
             from reconcile._unmigrated import drop_unmigrated  # here: it imports this module
 
             with targets.get() as dst:
                 candidates = drop_unmigrated(dst, config, transforms, candidates)
-        final = [d for d in candidates if d.category == "transform_error"]
-        recheck = [d for d in candidates if d.category != "transform_error"]
+        # differences read after the pipeline had passed the position are final already
+        final: list[Difference] = []
+        recheck: list[Difference] = []
+        for d in candidates:
+            is_final = d.category == "transform_error" or d.target in settled
+            (final if is_final else recheck).append(d)
         caught_up = True
         if recheck:
-            with sources.get() as src:
-                caught_up = _wait_for_pipeline(
-                    src, config, position, wait_s, stop or threading.Event()
-                )
+            t1 = time.perf_counter()
+            caught_up = catch_up.wait(wait_s)
+            log.debug(
+                "pipeline caught up: %s (waited %.2f s, %d polls)",
+                caught_up,
+                time.perf_counter() - t1,
+                catch_up.polls,
+            )
             final.extend(
                 _recheck((sources, targets, pool), transforms, shapes, types, recheck, caught_up)
             )
             log.debug("re-checked in %.2f s", time.perf_counter() - t0)
     finally:
+        if catch_up is not None:
+            catch_up.close()
         tables.shutdown(wait=True, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)
         sources.close()
@@ -189,14 +222,12 @@ def reconcile(
 
 
 def _plans(
-    sources: Sessions,
-    targets: Sessions,
     config: MigrationConfig,
     transforms: Transforms,
     shapes: Mapping[str, TableShape],
     types: Mapping[str, Mapping[str, str]],
 ) -> dict[str, SqlPlan]:
-    """The targets that can be compared by segment checksums, with their checked plans."""
+    """The targets that may be compared by segment checksums, with their (unchecked) plans."""
     plans: dict[str, SqlPlan] = {}
     for table in config.tables:
         label = str(table.source)
@@ -206,17 +237,36 @@ def _plans(
         for name in st.targets:
             plan, reason = plan_for(transforms, table, shapes[label], name, types[name])
             if plan is not None:
-                with sources.get() as src, targets.get() as dst:
-                    reason = check_plan(src, dst, plan, transforms)
-                if not reason:
-                    plans[name] = plan
-                    continue
-            log.info("%s: compared in Python, not by segment checksums: %s", name, reason)
+                plans[name] = plan
+            else:
+                log.info("%s: compared in Python, not by segment checksums: %s", name, reason)
     return plans
+
+
+def _check_plan(sources: Sessions, targets: Sessions, plan: SqlPlan, transforms: Transforms) -> str:
+    t0 = time.perf_counter()
+    with sources.get() as src, targets.get() as dst:
+        reason = check_plan(src, dst, plan, transforms)
+    log.debug("%s: plan checked in %.2f s", plan.target, time.perf_counter() - t0)
+    return reason
+
+
+@dataclass(frozen=True)
+class _Compared:
+    """What one comparison job found: differences, (expected, target) rows per target, and
+    the targets whose differences were read after the pipeline had passed the position (final:
+    no re-check needed), and the targets whose plan failed its check (nothing found: to be
+    compared by the streaming route)."""
+
+    differences: list[Difference]
+    counts: dict[str, tuple[int, int]]
+    settled: frozenset[str] = frozenset()
+    rejected: frozenset[str] = frozenset()  # its SQL plan disagreed with Python: stream it
 
 
 def _segment_table(
     plan: SqlPlan,
+    check: Future[str],
     sources: Sessions,
     targets: Sessions,
     pool: ThreadPoolExecutor,
@@ -224,8 +274,13 @@ def _segment_table(
     types: Mapping[str, str],
     tuning: Tuning,
     progress: Callable[[str, int], None] | None,
-) -> tuple[list[Difference], dict[str, tuple[int, int]]]:
+    catch_up: CatchUp,
+) -> _Compared:
     stats: SegmentStats = SegmentDiff(plan, sources, targets, pool, tuning).run()
+    reason = check.result()
+    if reason:
+        log.info("%s: compared in Python, not by segment checksums: %s", plan.target, reason)
+        return _Compared([], {}, rejected=frozenset({plan.target}))
     log.info(
         "%s: %d segments, %d differing, %d leaf rows fetched, %d queries, %d candidate keys",
         plan.target,
@@ -237,6 +292,9 @@ def _segment_table(
     )
     keys: list[Key] = list(dict.fromkeys(stats.candidates))
     t0 = time.perf_counter()
+    # If the pipeline has passed the position already, this evaluation reads what the re-check
+    # would read: its differences are final and the candidates are fetched only once.
+    settled = bool(keys) and catch_up.passed()
     diffs = _evaluate(
         sources,
         targets,
@@ -249,11 +307,19 @@ def _segment_table(
         types,
     )
     log.debug(
-        "%s: %d candidates evaluated in %.2f s", plan.target, len(keys), time.perf_counter() - t0
+        "%s: %d candidates evaluated in %.2f s%s",
+        plan.target,
+        len(keys),
+        time.perf_counter() - t0,
+        " (pipeline caught up before: final)" if settled else "",
     )
     if progress is not None:
         progress(plan.target, stats.source_rows)
-    return diffs, {plan.target: (stats.source_rows, stats.target_rows)}
+    return _Compared(
+        diffs,
+        {plan.target: (stats.source_rows, stats.target_rows)},
+        frozenset({plan.target}) if settled else frozenset(),
+    )
 
 
 def _evaluate(
@@ -288,53 +354,12 @@ def _stream_tables(
     chunk_rows: int,
     bucket_rows: int,
     progress: Callable[[str, int], None] | None,
-) -> tuple[list[Difference], dict[str, tuple[int, int]]]:
+) -> _Compared:
     with sources.get() as src, targets.get() as dst:
-        return stream_diff(
+        diffs, counts = stream_diff(
             src, dst, transforms, shapes, streamed, chunk_rows, bucket_rows, progress
         )
-
-
-def _source_position(src: psycopg.Connection[Any], config: MigrationConfig) -> int | None:
-    """The changelog sequence's last value: every change committed before now is <= it."""
-    row = src.execute(
-        "SELECT pg_sequence_last_value(pg_get_serial_sequence(%s, 'seq'))",
-        (sql.SQL("{}.changelog").format(sql.Identifier(config.capture.schema)).as_string(None),),
-    ).fetchone()
-    src.commit()
-    return None if row is None or row[0] is None else int(row[0])
-
-
-def _wait_for_pipeline(
-    src: psycopg.Connection[Any],
-    config: MigrationConfig,
-    position: int | None,
-    wait_s: float,
-    stop: threading.Event,
-) -> bool:
-    """Wait until the relay has published every change up to ``position`` and the workers have
-    consumed everything published; False if ``wait_s`` ran out."""
-    deadline = time.monotonic() + wait_s
-    backlog = sql.SQL("SELECT count(*) FROM {}.changelog WHERE seq <= %s").format(
-        sql.Identifier(config.capture.schema)
-    )
-    relayed = position is None
-    while time.monotonic() < deadline and not stop.is_set():
-        if not relayed:
-            row = src.execute(backlog, (position,)).fetchone()
-            src.commit()
-            relayed = row is not None and row[0] == 0
-        if relayed:
-            offsets = group_lag(
-                config.kafka.bootstrap_servers, consumer_group(config), config.changes_topic
-            )
-            if all(
-                end == 0 or (committed is not None and committed >= end)
-                for end, committed in offsets.values()
-            ):
-                return True
-        stop.wait(0.5)
-    return False
+    return _Compared(diffs, counts)
 
 
 def _recheck(

@@ -24,7 +24,7 @@ from dualwrite.config import QualifiedName
 from dualwrite.envelope import EnvelopeError
 from dualwrite.snapshot import decode_image
 from dualwrite.transform import TargetSpec, TransformError, Transforms, key_text
-from reconcile._canonical import canonical
+from reconcile._canonical import same_canonical
 from reconcile._types import Difference
 
 Expected = dict[str, dict[str, Any]]  # key text -> {column: python value}
@@ -89,9 +89,9 @@ def compare_values(
     """The columns whose canonical forms differ: {column: (expected, actual)}."""
     out: dict[str, tuple[Any, Any]] = {}
     for c in columns:
-        t = types.get(c, "text")
-        if canonical(t, want.get(c)) != canonical(t, got.get(c)):
-            out[c] = (want.get(c), got.get(c))
+        w, g = want.get(c), got.get(c)
+        if not same_canonical(types.get(c, "text"), w, g):
+            out[c] = (w, g)
     return out
 
 

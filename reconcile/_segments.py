@@ -30,13 +30,18 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import pairwise
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql
 
+from reconcile._canonical import base_type
 from reconcile._session import Sessions
-from reconcile._sqlcanon import SqlPlan
+from reconcile._sqlcanon import INTEGERS, SqlPlan
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -68,6 +73,8 @@ class Tuning:
     batch_rows: int = 50_000  # rows per leaf query when adjacent leaves are fetched together
     probes: int = 16  # segments checksummed first to guess whether most differ
     parts: int = 4  # key ranges per side scanned at once for the first level
+    packed: bool = True  # integer keys: leaf pairs travel as one bytea, compared by numpy
+    packed_rows: int = 10_000  # ... for leaf ranges of at least this many (estimated) rows
 
 
 def _col(name: str) -> sql.Composable:
@@ -192,7 +199,9 @@ def _checksums(
 
 def _leaf(
     conn: psycopg.Connection[Any], plan: SqlPlan, side: str, lo: Bound | None, hi: Bound | None
-) -> dict[Key, int]:
+) -> set[tuple[Any, ...]]:
+    """(key columns..., row hash) of every row in [lo, hi): rows as fetched, no per-row
+    Python beyond hashing the tuple into the set."""
     cols = plan.key_columns(side)
     query = sql.SQL("SELECT {keys}, {hash} FROM {table} AS t WHERE {range}").format(
         keys=sql.SQL(", ").join(_col(c) for c in cols),
@@ -202,11 +211,49 @@ def _leaf(
     )
     with conn.cursor(binary=True) as cur:
         cur.execute(query)
-        rows = cur.fetchall()
+        rows = set(cur.fetchall())
     conn.commit()
-    if len(cols) == 1:
-        return {(k,): h for k, h in rows}
-    return {tuple(r[:-1]): r[-1] for r in rows}
+    return rows
+
+
+def integer_key(plan: SqlPlan) -> bool:
+    """One key column, of an integer type on both sides: its pairs can travel packed."""
+    return len(plan.key) == 1 and all(
+        base_type(t) in INTEGERS for t in (*plan.key_types, *plan.key_type_names("source"))
+    )
+
+
+def _packed_leaf(
+    conn: psycopg.Connection[Any], plan: SqlPlan, side: str, lo: Bound | None, hi: Bound | None
+) -> npt.NDArray[np.int64]:
+    """(key, row hash) of every row in [lo, hi) as an (n, 2) int64 array, sent by the
+    database as one bytea of big-endian pairs: no Python object per row on either end."""
+    import numpy as np
+
+    query = sql.SQL(
+        "SELECT string_agg(int8send({key}::bigint) || int8send({hash}), ''::bytea) "
+        "FROM {table} AS t WHERE {range}"
+    ).format(
+        key=_col(plan.key_columns(side)[0]),
+        hash=plan.row_hash(side),
+        table=plan.table(side),
+        range=_range(plan, side, lo, hi),
+    )
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(query).fetchone()
+    conn.commit()
+    packed = b"" if row is None or row[0] is None else row[0]
+    return np.frombuffer(packed, dtype=">i8").astype(np.int64).reshape(-1, 2)
+
+
+def differing_keys(src: npt.NDArray[np.int64], dst: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Keys of (key, hash) rows (keys unique per side) whose hashes differ or that one side
+    lacks."""
+    import numpy as np
+
+    common, i, j = np.intersect1d(src[:, 0], dst[:, 0], assume_unique=True, return_indices=True)
+    changed = common[src[i, 1] != dst[j, 1]]
+    return np.concatenate([changed, np.setxor1d(src[:, 0], dst[:, 0], assume_unique=True)])
 
 
 class SegmentDiff:
@@ -227,6 +274,7 @@ class SegmentDiff:
         self.stats = SegmentStats()
         self._lock = threading.Lock()
         self._counting_rows = False  # rows are counted by the leaves when no checksums ran
+        self._packed = tuning.packed and integer_key(plan)
 
     def _on(self, side: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self._sessions[side].get() as conn:
@@ -320,14 +368,29 @@ class SegmentDiff:
         spread = sorted({(2 * k + 1) * (pieces - 2) // (2 * probes) + 1 for k in range(probes)})
         ranges = [(bounds[i - 1], bounds[i]) for i in spread]
 
-        def sums(conn: psycopg.Connection[Any], side: str) -> list[Checksums]:
-            return [
-                _checksums(conn, plan=plan, side=side, bounds=(), lo=lo, hi=hi) for lo, hi in ranges
-            ]
+        def sums(conn: psycopg.Connection[Any], side: str) -> Checksums:
+            # one query per side: the probes' key ranges OR-ed (index range scans), rows
+            # of probe k falling into bucket 2k+1 of the ranges' edges
+            edges = [b for lo_hi in ranges for b in lo_hi]
+            query = sql.SQL(
+                "SELECT width_bucket({key}, ARRAY[{edges}]), count(*), bit_xor({hash}) "
+                "FROM {table} AS t WHERE {ranges} GROUP BY 1"
+            ).format(
+                key=_key(plan, side),
+                edges=sql.SQL(", ").join(_literal(plan, side, b) for b in edges),
+                hash=plan.row_hash(side),
+                table=plan.table(side),
+                ranges=sql.SQL(" OR ").join(
+                    sql.SQL("({})").format(_range(plan, side, lo, hi)) for lo, hi in ranges
+                ),
+            )
+            out = {int(b): (int(n), int(x)) for b, n, x in conn.execute(query).fetchall()}
+            conn.commit()
+            return out
 
         src, dst = self._both(sums)
-        self._count(queries=2 * len(ranges))
-        differing = sum(1 for a, b in zip(src, dst, strict=True) if a != b)
+        self._count(queries=2)
+        differing = sum(1 for k in range(len(ranges)) if src.get(2 * k + 1) != dst.get(2 * k + 1))
         return differing > self.tuning.many * len(ranges)
 
     @staticmethod
@@ -373,7 +436,7 @@ class SegmentDiff:
         for i in [*small, -1]:
             if run and (i != run[-1] + 1 or rows + size(i) > self.tuning.batch_rows or i < 0):
                 a, b = edges(run[0])[0], edges(run[-1])[1]
-                start(self._compare_leaf, a, b)
+                start(self._compare_leaf, a, b, rows)
                 run, rows = [], 0
             if i >= 0:
                 run.append(i)
@@ -391,7 +454,7 @@ class SegmentDiff:
             lambda c: _bounds(c, plan, "target", self.tuning.fanout, rows, lo, hi),
         )
         if not bounds:
-            self._compare_leaf(lo, hi)
+            self._compare_leaf(lo, hi, rows)
             return
         src = self._on(
             "source", partial(_checksums, plan=plan, side="source", bounds=bounds, lo=lo, hi=hi)
@@ -402,16 +465,24 @@ class SegmentDiff:
         self._count(queries=3)
         self._descend_all(bounds, lo, hi, src, dst, self._differing(src, dst), inline=True)
 
-    def _compare_leaf(self, lo: Bound | None, hi: Bound | None) -> None:
+    def _compare_leaf(self, lo: Bound | None, hi: Bound | None, rows: int) -> None:
         plan = self.plan
-        src = self._on("source", lambda c: _leaf(c, plan, "source", lo, hi))
-        dst = self._on("target", lambda c: _leaf(c, plan, "target", lo, hi))
-        changed = {k for k, _ in src.items() ^ dst.items()}
-        self._count(queries=2, fetched=len(src) + len(dst), candidates=changed)
+        changed: set[Key]
+        if self._packed and rows >= self.tuning.packed_rows:
+            a = self._on("source", lambda c: _packed_leaf(c, plan, "source", lo, hi))
+            b = self._on("target", lambda c: _packed_leaf(c, plan, "target", lo, hi))
+            changed = {(k,) for k in differing_keys(a, b).tolist()}
+            sizes = (len(a), len(b))
+        else:
+            src = self._on("source", lambda c: _leaf(c, plan, "source", lo, hi))
+            dst = self._on("target", lambda c: _leaf(c, plan, "target", lo, hi))
+            changed = {row[:-1] for row in src ^ dst}  # its hash differs, or one side lacks it
+            sizes = (len(src), len(dst))
+        self._count(queries=2, fetched=sum(sizes), candidates=changed)
         if self._counting_rows:
             with self._lock:
-                self.stats.source_rows += len(src)
-                self.stats.target_rows += len(dst)
+                self.stats.source_rows += sizes[0]
+                self.stats.target_rows += sizes[1]
 
     def _count(
         self, queries: int = 0, fetched: int = 0, candidates: set[Key] | None = None

@@ -11,7 +11,10 @@ from cli.main import cli
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found: list[tuple[str, ...]] = [prefix]
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         if isinstance(command, click.Group):
             found.extend(_commands(command, (*prefix, name)))
         else:
@@ -24,11 +27,11 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(cli, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage: " in result.output
-    command: click.Command = cli
+    command: click.Command | None = cli
     for name in path:
         assert isinstance(command, click.Group)
-        command = command.commands[name]
-    assert command.help and len(command.help.strip()) > 10
+        command = command.get_command(click.Context(command), name)
+    assert command is not None and command.help and len(command.help.strip()) > 10
 
 
 def test_unknown_command_is_a_usage_error_with_exit_2() -> None:

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconcile import canonical, encode_row
+from reconcile._canonical import same_canonical
 
 EQUAL = [
     ("numeric(12,2)", Decimal("1.10"), Decimal("1.1")),
@@ -96,3 +97,63 @@ def test_text_rows_encode_alike_only_when_equal(a: list[str | None], b: list[str
 )
 def test_numbers_encode_alike_exactly_when_equal_in_value(a: Decimal, b: Decimal) -> None:
     assert (canonical("numeric", a) == canonical("numeric", b)) == (a == b)
+
+
+SAME_TYPE_EQUAL_BUT_NOT_CANONICAL = [
+    ("text", Decimal("1.10"), Decimal("1.1")),  # a Decimal in a text column keeps its scale
+    ("jsonb", {"a": 1.0}, {"a": 1}),  # numbers inside JSON keep their scale
+    ("text", 0.0, -0.0),
+    (
+        "text",
+        dt.datetime(2024, 1, 1, 12, tzinfo=dt.UTC),
+        dt.datetime(2024, 1, 1, 13, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+    ),
+    ("integer[]", [1], [1.0]),
+]
+
+
+@pytest.mark.parametrize(
+    ("type_name", "a", "b"), [*EQUAL, *UNEQUAL, *SAME_TYPE_EQUAL_BUT_NOT_CANONICAL]
+)
+def test_the_equality_shortcut_agrees_with_the_canonical_forms(
+    type_name: str, a: Any, b: Any
+) -> None:
+    assert same_canonical(type_name, a, b) == (canonical(type_name, a) == canonical(type_name, b))
+    assert same_canonical(type_name, a, a)
+
+
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=True, allow_infinity=True, places=None),
+    st.text(max_size=5),
+    st.datetimes(
+        timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=-3))]) | st.none()
+    ),
+    st.dates(),
+    st.binary(max_size=4),
+)
+TYPES = st.sampled_from(
+    [
+        "text",
+        "numeric(12,2)",
+        "integer",
+        "double precision",
+        "timestamp with time zone",
+        "timestamp without time zone",
+        "date",
+        "boolean",
+        "jsonb",
+        "bytea",
+        "character(3)",
+    ]
+)
+
+
+@given(TYPES, VALUES, VALUES)
+def test_the_equality_shortcut_never_disagrees_with_the_rule(
+    type_name: str, a: Any, b: Any
+) -> None:
+    assert same_canonical(type_name, a, b) == (canonical(type_name, a) == canonical(type_name, b))

@@ -11,6 +11,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
@@ -19,7 +20,7 @@ from sqlalchemy import Engine, text
 from dualwrite import capture
 from dualwrite.transform import Transforms, load_transforms
 from reconcile import reconcile
-from reconcile._segments import Tuning
+from reconcile._segments import Tuning, differing_keys
 from reconcile._session import connect
 
 pytestmark = pytest.mark.integration
@@ -179,6 +180,9 @@ def _found(result: Any) -> set[tuple[str, str]]:
         Tuning(leaf_rows=40, max_segments=64, many=0.0),  # falls back to the merge of hashes
         Tuning(),  # one leaf per differing segment
         Tuning(leaf_rows=40, probes=4, many=-1.0),  # the probe says "most differ": merge all
+        # leaf pairs packed into one bytea per leaf and compared by numpy (integer keys)
+        Tuning(leaf_rows=40, probes=4, many=-1.0, packed_rows=0),
+        Tuning(leaf_rows=40, fanout=4, max_segments=16, packed_rows=0),
     ],
 )
 def test_segment_checksums_find_seeded_drift_exactly(
@@ -195,6 +199,15 @@ def test_segment_checksums_find_seeded_drift_exactly(
     assert by_key["[41]"].columns == {"title": ("NULL", None)}
     assert set(by_key["[72]"].columns) == {"local_ts"}
     assert (result.tables[0].expected_rows, result.tables[0].target_rows) == (ROWS, ROWS - 1)
+
+
+def test_packed_pairs_yield_the_keys_whose_hash_differs_or_that_one_side_lacks() -> None:
+    src = np.array([[5, 50], [1, 10], [3, 30], [7, 70]], dtype=np.int64)
+    dst = np.array([[3, 31], [1, 10], [9, 90], [7, 70]], dtype=np.int64)
+    assert sorted(differing_keys(src, dst).tolist()) == [3, 5, 9]
+    assert differing_keys(src, src).size == 0
+    empty = np.empty((0, 2), dtype=np.int64)
+    assert sorted(differing_keys(src, empty).tolist()) == [1, 3, 5, 7]
 
 
 def test_streaming_comparison_finds_the_same_drift_with_spilled_partitions(
