@@ -34,6 +34,7 @@ without them the dev stack is started and stopped around the run. It refuses to 
 them, and its rows of the bookkeeping, at the end.
 
     .venv/bin/python bench/backfill.py                           # 1M + 5M rows (~35 min on 2 busy cores)
+    .venv/bin/python bench/backfill.py --memory-chunk-rows 5000 20000   # memory at both sizes
     .venv/bin/python bench/backfill.py --rows 50000 --big-rows 150000 --repeats 1
 """
 
@@ -787,8 +788,9 @@ def import_only_rss() -> float:
 
 def memory_run(tgt_url: str, chunk_rows: int, expected: int, label: str) -> dict[str, Any]:
     reset_target(tgt_url)
-    print(f"memory: CLI child over {label} ...", file=sys.stderr)
-    out = run_cli_child(cli_argv(chunk_rows), OUT / f"backfill_mem_{label}.log", False)
+    print(f"memory: CLI child over {label} rows, chunk {chunk_rows} ...", file=sys.stderr)
+    log = OUT / f"backfill_mem_{label}_{chunk_rows}.log"
+    out = run_cli_child(cli_argv(chunk_rows), log, False)
     counts = check_target(tgt_url, expected)
     samples = out.pop("rss_samples")
     out.update(
@@ -953,13 +955,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--big-rows", type=int, default=5_000_000, help="rows of the memory re-run (5M; 0: skip)"
     )
-    p.add_argument("--customers", type=int, default=100_000)
-    p.add_argument("--chunk-rows", type=int, nargs="+", default=[5000, 20000])
+    p.add_argument("--customers", type=int, default=100_000, help="legacy.customers rows (100k)")
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        nargs="+",
+        default=[5000, 20000],
+        help="chunk sizes of the in-process throughput runs (5000 20000); the first one is\n"
+        "also used by the phases and the profile",
+    )
     p.add_argument("--repeats", type=int, default=2, help="backfill runs per chunk size (2)")
-    p.add_argument("--memory-chunk-rows", type=int, default=5000)
-    p.add_argument("--profile-rate", type=int, default=100)
-    p.add_argument("--no-profile", action="store_true")
-    p.add_argument("--no-phases", action="store_true")
+    p.add_argument(
+        "--memory-chunk-rows",
+        type=int,
+        nargs="+",
+        default=[5000],
+        help="chunk sizes of the CLI memory runs, each at --rows and at --big-rows (5000)",
+    )
+    p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second (100)")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    p.add_argument(
+        "--no-phases", action="store_true", help="skip the read-side phases without apply"
+    )
     p.add_argument(
         "--micro-rows", type=int, default=20_000, help="rows of the micro part (0: skip)"
     )
@@ -1056,7 +1073,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         memory: list[dict[str, Any]] = []
         info["cli_import_only_peak_rss_mib"] = import_only_rss()
-        memory.append(memory_run(tgt_url, args.memory_chunk_rows, expected, f"{args.rows}"))
+        for chunk in args.memory_chunk_rows:
+            memory.append(memory_run(tgt_url, chunk, expected, f"{args.rows}"))
         if args.big_rows > args.rows:
             capture.uninstall(source, config, force=True)
             print(f"adding orders up to {args.big_rows:,} ...", file=sys.stderr)
@@ -1066,14 +1084,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             capture.install(source, config)
             big = source_facts(src_url)
             info["fill_big"] = big
-            memory.append(
-                memory_run(
-                    tgt_url,
-                    args.memory_chunk_rows,
-                    big["source_rows"] - big["test_rows"],
-                    f"{args.big_rows}",
+            for chunk in args.memory_chunk_rows:
+                memory.append(
+                    memory_run(
+                        tgt_url, chunk, big["source_rows"] - big["test_rows"], f"{args.big_rows}"
+                    )
                 )
-            )
         info["memory"] = memory
     finally:
         if not args.keep:
@@ -1207,9 +1223,10 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
         print_table(
             f"Peak RSS of `dualwrite backfill` (CLI imports alone: "
             f"{info['cli_import_only_peak_rss_mib']} MiB)",
-            ["source rows", "rows/s", "peak RSS MiB", "RSS @10%", "RSS @50%", "RSS @end"],
+            ["chunk", "source rows", "rows/s", "peak RSS MiB", "RSS @10%", "RSS @50%", "RSS @end"],
             [
                 (
+                    m["chunk_rows"],
                     m["rows"],
                     m["per_s"],
                     m["peak_rss_mib"],
@@ -1220,10 +1237,12 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
                 for m in info["memory"]
             ],
         )
-        if len(info["memory"]) == 2:
-            a, b = info["memory"]
-            print(f"peak RSS ratio {b['rows']:,} / {a['rows']:,} rows: ", end="")
-            print(f"{b['peak_rss_mib'] / a['peak_rss_mib']:.3f}")
+        for chunk in args.memory_chunk_rows:
+            runs = [m for m in info["memory"] if m["chunk_rows"] == chunk]
+            if len(runs) == 2:
+                a, b = runs
+                print(f"peak RSS ratio {b['rows']:,} / {a['rows']:,} rows, chunk {chunk}: ", end="")
+                print(f"{b['peak_rss_mib'] / a['peak_rss_mib']:.3f}")
     print(f"\nfill: {info['fill']}")
     print(f"code: {info['code']}")
     m = info["machine"]
