@@ -150,12 +150,13 @@ def run_backfill(
 
 
 def _connect(engine: Engine) -> psycopg.Connection[Any]:
-    """A backfill session: without JIT compilation. The planner over-estimates the join of
-    a chunk's staged rows with the keys claimed in ``dualwrite.applied`` (a few hundred
-    thousand rows for a chunk of 20,000), which crosses ``jit_above_cost`` and compiled every
-    chunk's statement again (≈ 130 ms of server CPU per chunk, more than the statement's own
-    work it was meant to speed up). A planner setting only: the same statements, the same
-    results."""
+    """A backfill session, without JIT compilation. The planner over-estimates the join of
+    a chunk's staged rows with the keys claimed in ``dualwrite.applied`` (quadratically in
+    the staged rows), so from about 17,000 rows per chunk the statement's cost crossed
+    ``jit_above_cost`` and every chunk's insert-if-absent statement was compiled again:
+    40 ms of server CPU per chunk (100 ms the first time),
+    measured in bench/RESULTS.md (issue 5, third run). A planner setting only: the same
+    statements, the same results."""
     conn = connect(engine, "dualwrite-backfill")
     conn.execute("SET jit = off")
     conn.commit()
