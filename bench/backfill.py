@@ -17,7 +17,11 @@
    in this process, for each ``--chunk-rows``, ``--repeats`` times interleaved with the raw
    baseline; the target table, its ``dualwrite.applied`` rows and the progress row are
    cleared before each run; the Applier's methods are wrapped with chunk-level timers
-   (negligible overhead); target rows are checked against the source afterwards;
+   (negligible overhead); after every run (here and in 5 and 6) the target must equal the
+   transform of the source: ``shop.orders`` is hashed row by row and compared (count and
+   digest) with the transform of every source row read by a plain ``SELECT`` (computed once
+   per table size, not through the backfill's read path), and every source row must have
+   its bookkeeping row;
 4. phases: one pass of the backfill's own chunk queries over the table, without applying,
    timing the SELECT, the row fetch, ``parse_json``, ``_decode_row`` and the transforms per
    chunk;
@@ -34,6 +38,7 @@ without them the dev stack is started and stopped around the run. It refuses to 
 them, and its rows of the bookkeeping, at the end.
 
     .venv/bin/python bench/backfill.py                           # 1M + 5M rows (~35 min on 2 busy cores)
+    .venv/bin/python bench/backfill.py --memory-chunk-rows 5000 20000   # memory at both sizes
     .venv/bin/python bench/backfill.py --rows 50000 --big-rows 150000 --repeats 1
 """
 
@@ -43,6 +48,7 @@ import argparse
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import json
 import os
 import random
@@ -56,7 +62,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from _benchlib import emit_json, libpq_url, machine_info, print_table, stopwatch
@@ -425,17 +431,82 @@ def reset_target(tgt_url: str) -> None:
         try_checkpoint(conn)
 
 
-def check_target(tgt_url: str, expected: int) -> dict[str, int]:
+class Expected(NamedTuple):
+    """What ``shop.orders`` must hold: the transform of every ``legacy.orders`` row, as a row
+    count and an order-independent digest of the rows (see :func:`expected_target`)."""
+
+    rows: int
+    digest: int
+    source_rows: int
+
+
+TARGET_COLUMNS = ("id", "customer_id", "amount", "currency", "status", "placed_at")
+
+
+def _row_hash(values: Sequence[Any]) -> int:
+    """One shop.orders row (id, customer_id, amount, currency, status, placed_at) as 64 bits;
+    amounts to two places and instants in UTC, so equal values hash equally on both sides."""
+    text = "|".join(
+        (
+            str(values[0]),
+            str(values[1]),
+            f"{values[2]:.2f}",
+            str(values[3]),
+            str(values[4]),
+            values[5].astimezone(dt.UTC).isoformat(),
+        )
+    )
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def expected_target(src_url: str, config: MigrationConfig) -> Expected:
+    """The transform of every source row, independently of the backfill's read path: the
+    rows come from a plain ``SELECT`` (psycopg's own types; a server-side cursor, so memory
+    stays bounded), go through the migration's transforms, and the target rows they must
+    produce are hashed (sum of 64-bit row hashes mod 2**64, plus the count)."""
+    transforms = load_transforms(config)
+    rows = digest = source_rows = 0
+    with connect(src_url) as conn, conn.cursor("bench_expected") as cur:
+        cur.itersize = 20_000
+        cur.execute(
+            "SELECT id, customer_id, amount_cents, currency, status, placed_at FROM legacy.orders"
+        )
+        names = [d.name for d in cur.description or ()]
+        for values in cur:
+            source_rows += 1
+            record = dict(zip(names, values, strict=True))
+            for op in transforms.apply(SOURCE_TABLE, "read", {"id": record["id"]}, record, 0):
+                if op.values is None:  # a filtered ('test') row: the target must not hold it
+                    continue
+                rows += 1
+                digest = (digest + _row_hash([op.values[c] for c in TARGET_COLUMNS])) % 2**64
+    return Expected(rows, digest, source_rows)
+
+
+def check_target(tgt_url: str, expected: Expected) -> dict[str, int]:
+    """Raise unless ``shop.orders`` holds exactly the transform of the source (same count,
+    same digest of every row's values) and every source row has its bookkeeping row."""
+    rows = digest = 0
     with connect(tgt_url) as conn:
+        with conn.cursor("bench_check") as cur:
+            cur.itersize = 20_000
+            cur.execute(f"SELECT {', '.join(TARGET_COLUMNS)} FROM shop.orders")
+            for values in cur:
+                rows += 1
+                digest = (digest + _row_hash(values)) % 2**64
+        conn.commit()
         row = conn.execute(
-            "SELECT (SELECT count(*) FROM shop.orders), "
-            "(SELECT count(*) FROM dualwrite.applied WHERE target_table = %s)",
-            (TARGET_TABLE,),
+            "SELECT count(*) FROM dualwrite.applied WHERE target_table = %s", (TARGET_TABLE,)
         ).fetchone()
     assert row is not None
-    if row[0] != expected:
-        raise RuntimeError(f"shop.orders holds {row[0]} rows, expected {expected}")
-    return {"target_rows": int(row[0]), "applied_rows": int(row[1])}
+    if rows != expected.rows or digest != expected.digest:
+        raise RuntimeError(
+            f"shop.orders is not the transform of the source: {rows} rows (digest {digest:#x}), "
+            f"expected {expected.rows} rows (digest {expected.digest:#x})"
+        )
+    if row[0] != expected.source_rows:
+        raise RuntimeError(f"{row[0]} bookkeeping rows, expected {expected.source_rows}")
+    return {"target_rows": rows, "applied_rows": int(row[0])}
 
 
 def backfill_in_process(
@@ -443,7 +514,7 @@ def backfill_in_process(
     tgt_url: str,
     config: MigrationConfig,
     chunk_rows: int,
-    expected_target_rows: int,
+    expected: Expected,
 ) -> dict[str, Any]:
     reset_target(tgt_url)
     transforms = load_transforms(config)
@@ -469,7 +540,7 @@ def backfill_in_process(
         target.dispose()
     if not result.done:
         raise RuntimeError(f"backfill stopped early: {result}")
-    counts = check_target(tgt_url, expected_target_rows)
+    counts = check_target(tgt_url, expected)
     loop = result.elapsed_s
     apply_s = timers["apply"]
     absent_s = timers["_upsert_absent"] + timers["_delete_absent"]
@@ -785,10 +856,11 @@ def import_only_rss() -> float:
     return round(int(out.stdout.strip()) / 1024, 1)
 
 
-def memory_run(tgt_url: str, chunk_rows: int, expected: int, label: str) -> dict[str, Any]:
+def memory_run(tgt_url: str, chunk_rows: int, expected: Expected, label: str) -> dict[str, Any]:
     reset_target(tgt_url)
-    print(f"memory: CLI child over {label} ...", file=sys.stderr)
-    out = run_cli_child(cli_argv(chunk_rows), OUT / f"backfill_mem_{label}.log", False)
+    print(f"memory: CLI child over {label} rows, chunk {chunk_rows} ...", file=sys.stderr)
+    log = OUT / f"backfill_mem_{label}_{chunk_rows}.log"
+    out = run_cli_child(cli_argv(chunk_rows), log, False)
     counts = check_target(tgt_url, expected)
     samples = out.pop("rss_samples")
     out.update(
@@ -918,7 +990,7 @@ def categorise(profile: Path) -> dict[str, Any]:
     }
 
 
-def profile_run(tgt_url: str, chunk_rows: int, expected: int, rate: int) -> dict[str, Any]:
+def profile_run(tgt_url: str, chunk_rows: int, expected: Expected, rate: int) -> dict[str, Any]:
     reset_target(tgt_url)
     spy = Path(sys.executable).parent / "py-spy"
     raw = OUT / "backfill_profile.txt"
@@ -953,13 +1025,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--big-rows", type=int, default=5_000_000, help="rows of the memory re-run (5M; 0: skip)"
     )
-    p.add_argument("--customers", type=int, default=100_000)
-    p.add_argument("--chunk-rows", type=int, nargs="+", default=[5000, 20000])
+    p.add_argument("--customers", type=int, default=100_000, help="legacy.customers rows (100k)")
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        nargs="+",
+        default=[5000, 20000],
+        help="chunk sizes of the in-process throughput runs (5000 20000); the first one is\n"
+        "also used by the phases and the profile",
+    )
     p.add_argument("--repeats", type=int, default=2, help="backfill runs per chunk size (2)")
-    p.add_argument("--memory-chunk-rows", type=int, default=5000)
-    p.add_argument("--profile-rate", type=int, default=100)
-    p.add_argument("--no-profile", action="store_true")
-    p.add_argument("--no-phases", action="store_true")
+    p.add_argument(
+        "--memory-chunk-rows",
+        type=int,
+        nargs="+",
+        default=[5000],
+        help="chunk sizes of the CLI memory runs, each at --rows and at --big-rows (5000)",
+    )
+    p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second (100)")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    p.add_argument(
+        "--no-phases", action="store_true", help="skip the read-side phases without apply"
+    )
     p.add_argument(
         "--micro-rows", type=int, default=20_000, help="rows of the micro part (0: skip)"
     )
@@ -1009,7 +1096,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     try:
         info["fill"] = fill(src_url, tgt_url, source, target, args)
-        expected = info["fill"]["source_rows"] - info["fill"]["test_rows"]
+        print("transforming the source for the check ...", file=sys.stderr)
+        expected = expected_target(src_url, config)
         capture.install(source, config)
 
         print(f"generating {args.rows:,} raw rows ...", file=sys.stderr)
@@ -1056,7 +1144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         memory: list[dict[str, Any]] = []
         info["cli_import_only_peak_rss_mib"] = import_only_rss()
-        memory.append(memory_run(tgt_url, args.memory_chunk_rows, expected, f"{args.rows}"))
+        for chunk in args.memory_chunk_rows:
+            memory.append(memory_run(tgt_url, chunk, expected, f"{args.rows}"))
         if args.big_rows > args.rows:
             capture.uninstall(source, config, force=True)
             print(f"adding orders up to {args.big_rows:,} ...", file=sys.stderr)
@@ -1066,14 +1155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             capture.install(source, config)
             big = source_facts(src_url)
             info["fill_big"] = big
-            memory.append(
-                memory_run(
-                    tgt_url,
-                    args.memory_chunk_rows,
-                    big["source_rows"] - big["test_rows"],
-                    f"{args.big_rows}",
-                )
-            )
+            print("transforming the bigger source for the check ...", file=sys.stderr)
+            expected_big = expected_target(src_url, config)
+            for chunk in args.memory_chunk_rows:
+                memory.append(memory_run(tgt_url, chunk, expected_big, f"{args.big_rows}"))
         info["memory"] = memory
     finally:
         if not args.keep:
@@ -1207,9 +1292,10 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
         print_table(
             f"Peak RSS of `dualwrite backfill` (CLI imports alone: "
             f"{info['cli_import_only_peak_rss_mib']} MiB)",
-            ["source rows", "rows/s", "peak RSS MiB", "RSS @10%", "RSS @50%", "RSS @end"],
+            ["chunk", "source rows", "rows/s", "peak RSS MiB", "RSS @10%", "RSS @50%", "RSS @end"],
             [
                 (
+                    m["chunk_rows"],
                     m["rows"],
                     m["per_s"],
                     m["peak_rss_mib"],
@@ -1220,10 +1306,12 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
                 for m in info["memory"]
             ],
         )
-        if len(info["memory"]) == 2:
-            a, b = info["memory"]
-            print(f"peak RSS ratio {b['rows']:,} / {a['rows']:,} rows: ", end="")
-            print(f"{b['peak_rss_mib'] / a['peak_rss_mib']:.3f}")
+        for chunk in args.memory_chunk_rows:
+            runs = [m for m in info["memory"] if m["chunk_rows"] == chunk]
+            if len(runs) == 2:
+                a, b = runs
+                print(f"peak RSS ratio {b['rows']:,} / {a['rows']:,} rows, chunk {chunk}: ", end="")
+                print(f"{b['peak_rss_mib'] / a['peak_rss_mib']:.3f}")
     print(f"\nfill: {info['fill']}")
     print(f"code: {info['code']}")
     m = info["machine"]

@@ -35,7 +35,14 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[in
 @click.command("backfill")
 @click.argument("migration_file", type=click.Path(dir_okay=False))
 @click.option("--table", "tables", multiple=True, help="Only this source table (repeatable).")
-@click.option("--chunk-rows", type=click.IntRange(1, 1_000_000), default=5000, show_default=True)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(1, 1_000_000),
+    default=20_000,
+    show_default=True,
+    help="Source rows per chunk: one read, one target transaction, one progress mark. "
+    "Memory grows with it (two chunks in hand); smaller chunks hold target locks for less time.",
+)
 @click.option(
     "--max-rows-per-s",
     type=click.FloatRange(min=1),

@@ -66,7 +66,7 @@ class BackfillError(DualwriteError):
 
 @dataclass(frozen=True)
 class BackfillSettings:
-    chunk_rows: int = 5000
+    chunk_rows: int = 20_000  # bench/RESULTS.md, issue 5 third run: less CPU per row than 5,000
     max_rows_per_s: float | None = None  # None: as fast as the source allows
     busy_latency_ms: float = 250.0  # back off while a `SELECT 1` takes longer than this
     restart: bool = False
@@ -130,8 +130,8 @@ def run_backfill(
             f"otherwise be lost): run `dualwrite capture install` first (missing: {', '.join(map(str, missing)) or 'all'})"
         )
     ensure_bookkeeping(target)
-    src = connect(source, "dualwrite-backfill")
-    dst = connect(target, "dualwrite-backfill")
+    src = _connect(source)
+    dst = _connect(target)
     try:
         dst.execute(PROGRESS_DDL)
         dst.commit()
@@ -147,6 +147,20 @@ def run_backfill(
     finally:
         src.close()
         dst.close()
+
+
+def _connect(engine: Engine) -> psycopg.Connection[Any]:
+    """A backfill session, without JIT compilation. The planner over-estimates the join of
+    a chunk's staged rows with the keys claimed in ``dualwrite.applied`` (quadratically in
+    the staged rows): from about 17,000 staged rows (a 20,000-row chunk of the shop example
+    stages 17,340) the insert-if-absent statement's cost crosses ``jit_above_cost`` and each
+    chunk's statement was compiled again, 40 ms of server CPU per chunk (100 ms the first
+    time; bench/RESULTS.md, issue 5 third run). A planner setting only: the same statements,
+    the same results."""
+    conn = connect(engine, "dualwrite-backfill")
+    conn.execute("SET jit = off")
+    conn.commit()
+    return conn
 
 
 def _backfill_table(

@@ -11,12 +11,14 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
 from cli.main import cli
+from dualwrite import backfill as backfill_module
 from dualwrite import capture
 from dualwrite.backfill import BackfillError, BackfillSettings, run_backfill
 from dualwrite.relay import run_relay
@@ -211,6 +213,35 @@ def test_max_rows_per_s_throttles(merge_pipeline: Pipeline) -> None:
     )
     assert person.rows == 600
     assert time.monotonic() - t0 >= 1.6  # 600 rows at 300 rows/s: about 2 s, never much faster
+
+
+def test_backfill_sessions_run_without_jit(
+    merge_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both sessions of a real backfill have JIT off (chunk statements of ~20k rows were
+    JIT-compiled per chunk otherwise), and the backfill is still exact."""
+    p = merge_pipeline
+    p.source_sql("INSERT INTO {s}.person SELECT g, 'n', NULL, NULL FROM generate_series(1, 300) g")
+    seen: list[tuple[str, str]] = []
+    original = backfill_module._connect
+
+    def spy(engine: Engine) -> Any:
+        conn = original(engine)
+        row = conn.execute("SELECT current_database(), current_setting('jit')").fetchone()
+        conn.commit()
+        assert row is not None
+        seen.append((row[0], row[1]))
+        return conn
+
+    monkeypatch.setattr(backfill_module, "_connect", spy)
+    (person, _profile) = run_backfill(
+        p.source, p.target, p.config, p.transforms, BackfillSettings(chunk_rows=100)
+    )
+    assert person.rows == 300 and person.done
+    databases = {p.source.url.database, p.target.url.database}
+    assert {db for db, _jit in seen} == databases and len(seen) == 2
+    assert [jit for _db, jit in seen] == ["off", "off"]
+    _assert_exact(p)
 
 
 def test_toasted_values_and_nulls_everywhere(
