@@ -11,7 +11,9 @@ For each relay batch size (1000 / 5000 / 20000 by default):
    the relay's own batch statement in a rolled-back transaction), to a topic with the same
    number of partitions, with ``dualwrite.kafka_io.Producer``'s settings (idempotent,
    acks=all, its linger_ms / batch_size / compression) -- once sending everything then
-   flushing, once flushing every ``batch size`` messages as the relay does;
+   flushing, once flushing every ``batch size`` messages as the relay does, and once more
+   sending everything right after the drain (the machine's load drifts; the last ratio is
+   against the mean of the runs before and after);
 3. drain: ``run_relay(until_idle=True)`` with that batch size, timed; a wrapping producer
    records the per-batch phases (SQL = DELETE ... RETURNING the columns, fetching them and
    putting the envelopes together in Python, send loop, flush = waiting for every acknowledgement, commit), and the CPU seconds of this
@@ -84,6 +86,7 @@ class Drain:
     cpu_s: dict[str, float] = field(default_factory=dict)
     value_bytes_avg: float = 0.0
     key_bytes_avg: float = 0.0
+    producer_all_after_per_s: float = 0.0  # the raw producer again, right after the drain
 
     @property
     def per_s(self) -> float:
@@ -282,6 +285,8 @@ class Bench:
                 f"relayed {relayed}, topic grew by {after - before}, expected {n}; "
                 f"{self.backlog()} left in the changelog"
             )
+        print(f"batch {batch_size}: raw producer again ...", file=sys.stderr)
+        raw_after = self.raw_produce(pool, n, 0)
         return Drain(
             batch_size,
             relayed,
@@ -294,6 +299,7 @@ class Bench:
             cpu,
             statistics.fmean(len(v) for _k, v in pool),
             statistics.fmean(len(k) for k, _v in pool),
+            raw_after,
         )
 
     # --- profile ------------------------------------------------------------------------
@@ -480,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ratio",
             "raw flush/batch /s",
             "ratio",
+            "raw after /s",
+            "ratio to mean before/after",
             "fill rows/s",
         ],
         [
@@ -492,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 d.per_s / d.producer_all_per_s,
                 d.producer_flush_per_s,
                 d.per_s / d.producer_flush_per_s,
+                d.producer_all_after_per_s,
+                d.per_s / ((d.producer_all_per_s + d.producer_all_after_per_s) / 2),
                 d.changes / d.fill_s,
             )
             for d in drains
