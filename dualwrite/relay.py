@@ -310,10 +310,20 @@ def _registry_sql(schema: str) -> sql.Composed:
 
 
 def _connect(engine: Engine, schema: str, stop: threading.Event) -> psycopg.Connection[Any] | None:
-    """A UTC session holding the relay lock for ``schema``; None if stopped while waiting."""
+    """A UTC session holding the relay lock for ``schema``; None if stopped while waiting.
+
+    Its commits do not wait for the WAL flush (``synchronous_commit = off``): a batch's DELETE
+    is committed only after Kafka acknowledged every record, so if a database crash undoes
+    the last commits, their records come back and are published again (duplicates, never a
+    gap), exactly as when the relay dies before committing. WAL order keeps the undone
+    commits a suffix of the batches, so they are re-sent in seq order.
+    """
     url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     conn = psycopg.connect(
-        url, options="-c timezone=UTC", application_name="dualwrite-relay", connect_timeout=10
+        url,
+        options="-c timezone=UTC -c synchronous_commit=off",
+        application_name="dualwrite-relay",
+        connect_timeout=10,
     )
     lock_key = f"dualwrite.relay:{schema}"
     warned = False
