@@ -10,7 +10,7 @@ the delete and are published once they commit. One relay per capture schema is a
 time (a session advisory lock); others wait as hot standbys.
 
 The database returns each record's columns as text (cheap); the relay puts the envelope
-together (:func:`_envelope`), byte for byte what PostgreSQL's ``json_build_object`` wrote
+together (:meth:`_Envelopes.envelope`), byte for byte what PostgreSQL's ``json_build_object`` wrote
 before, with each table's ``types`` read once per batch from the registry instead of once
 per record. That moves about half of the batch statement's cost off the source database.
 """
@@ -207,20 +207,20 @@ def run_relay(
                     if batch is not None:
                         _publish(producer, config.changes_topic, batch)
                         conn.execute(state_update, (len(batch.rows), batch.last_seq))
-                rows = len(batch.rows) if batch is not None else 0
-                if rows:
-                    relayed += rows
+                count = len(batch.rows) if batch is not None else 0
+                if count:
+                    relayed += count
                     batches += 1
-                    window_changes += rows
+                    window_changes += count
                     window_batches += 1
                     failures = 0
-                    metrics.inc("relay_changes_total", rows)
+                    metrics.inc("relay_changes_total", count)
                     metrics.inc("relay_batches_total")
-                    metrics.set("relay_last_batch_size", rows)
+                    metrics.set("relay_last_batch_size", count)
                     if on_batch is not None:
-                        on_batch(rows)
+                        on_batch(count)
                 now = time.monotonic()
-                if now - window_start >= _LOG_EVERY_S and (window_changes or not rows):
+                if now - window_start >= _LOG_EVERY_S and (window_changes or not count):
                     log.info(
                         "relayed %d change(s) in %d batch(es) in the last %.0fs (%.0f/s, last batch %d); lag %.1fs",
                         window_changes,
@@ -231,12 +231,12 @@ def run_relay(
                         metrics.get("relay_lag_seconds"),
                     )
                     window_start, window_changes, window_batches = now, 0, 0
-                if not rows or now - last_lag_check > 1.0:
+                if not count or now - last_lag_check > 1.0:
                     lag_row = conn.execute(lag_sql).fetchone()
                     conn.commit()
                     metrics.set("relay_lag_seconds", float(lag_row[0]) if lag_row else 0.0)
                     last_lag_check = now
-                if not rows:
+                if not count:
                     if until_idle:
                         break
                     stop.wait(config.relay.idle_poll_ms / 1000)
