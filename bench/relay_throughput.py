@@ -11,15 +11,17 @@ For each relay batch size (1000 / 5000 / 20000 by default):
    the relay's own batch statement in a rolled-back transaction), to a topic with the same
    number of partitions, with ``dualwrite.kafka_io.Producer``'s settings (idempotent,
    acks=all, its linger_ms / batch_size / compression) -- once sending everything then
-   flushing, once flushing every ``batch size`` messages as the relay does;
+   flushing, once flushing every ``batch size`` messages as the relay does, and once more
+   sending everything right after the drain (the machine's load drifts; the last ratio is
+   against the mean of the runs before and after);
 3. drain: ``run_relay(until_idle=True)`` with that batch size, timed; a wrapping producer
-   records the per-batch phases (SQL = DELETE ... RETURNING the envelopes and fetching them,
-   send loop, flush = waiting for every acknowledgement, commit), and the CPU seconds of this
+   records the per-batch phases (SQL = DELETE ... RETURNING the columns, fetching them and
+   putting the envelopes together in Python, send loop, flush = waiting for every acknowledgement, commit), and the CPU seconds of this
    process, PostgreSQL and Kafka are read around it.
 
 Then (``--profile``) one more drain runs under py-spy (all threads, idle samples included)
-and the DELETE / JSON share of the SQL phase is measured by running the batch statement and
-two reduced variants (DELETE returning only ``seq``; SELECT of the envelopes without DELETE)
+and the DELETE share of the SQL phase is measured by running the batch statement and two
+reduced variants (DELETE returning only ``seq``; SELECT of the same columns without DELETE)
 in rolled-back transactions.
 
 Services come from DUALWRITE_SOURCE_URL / DUALWRITE_TARGET_URL / DUALWRITE_KAFKA_BOOTSTRAP;
@@ -68,7 +70,7 @@ from dualwrite.capture import install, uninstall
 from dualwrite.config import MigrationConfig
 from dualwrite.db import make_engine
 from dualwrite.kafka_io import Producer, ensure_topic
-from dualwrite.relay import _batch_sql, run_relay
+from dualwrite.relay import _batch_sql, _Envelopes, _fetch_batch, _registry_sql, run_relay
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Drain:
     cpu_s: dict[str, float] = field(default_factory=dict)
     value_bytes_avg: float = 0.0
     key_bytes_avg: float = 0.0
+    producer_all_after_per_s: float = 0.0  # the raw producer again, right after the drain
 
     @property
     def per_s(self) -> float:
@@ -187,8 +190,10 @@ class Bench:
     def sample_envelopes(self, n: int = 1000) -> list[tuple[bytes, bytes]]:
         """Real (key, value) pairs: the relay's batch statement, rolled back."""
         with psycopg.connect(self.url, options="-c timezone=UTC") as conn:
-            rows = conn.execute(_batch_sql(self.schema, n)).fetchall()
+            envelopes = _Envelopes(_registry_sql(self.schema))
+            batch = _fetch_batch(conn, _batch_sql(self.schema, n), envelopes)
             conn.rollback()
+        rows = batch.rows if batch is not None else []
         return [(key.encode(), value.encode()) for _seq, key, value in rows]
 
     def backlog(self) -> int:
@@ -280,6 +285,8 @@ class Bench:
                 f"relayed {relayed}, topic grew by {after - before}, expected {n}; "
                 f"{self.backlog()} left in the changelog"
             )
+        print(f"batch {batch_size}: raw producer again ...", file=sys.stderr)
+        raw_after = self.raw_produce(pool, n, 0)
         return Drain(
             batch_size,
             relayed,
@@ -292,6 +299,7 @@ class Bench:
             cpu,
             statistics.fmean(len(v) for _k, v in pool),
             statistics.fmean(len(k) for k, _v in pool),
+            raw_after,
         )
 
     # --- profile ------------------------------------------------------------------------
@@ -300,13 +308,13 @@ class Bench:
         """Median ms of the batch statement and two reduced variants, rolled back each time."""
         changelog = f"{self.schema}.changelog"
         full = _batch_sql(self.schema, batch_size)
-        envelope = full.as_string(None).split("RETURNING", 1)[1]
+        columns = full.as_string(None).split("RETURNING", 1)[1]
         oldest = f"c.seq IN (SELECT seq FROM {changelog} ORDER BY seq LIMIT {batch_size})"
         variants: dict[str, Any] = {
-            "delete_returning_envelopes": full,
+            "delete_returning_columns": full,
             "delete_returning_seq_only": f"DELETE FROM {changelog} AS c WHERE {oldest} "
             "RETURNING c.seq",
-            "select_envelopes_no_delete": f"SELECT {envelope} FROM {changelog} AS c WHERE {oldest}",
+            "select_columns_no_delete": f"SELECT {columns} FROM {changelog} AS c WHERE {oldest}",
         }
         times: dict[str, list[float]] = {k: [] for k in variants}
         with psycopg.connect(self.url, options="-c timezone=UTC") as conn:
@@ -372,6 +380,10 @@ MAIN_BUCKETS = (
     ("encode key/value + future list", ("_publish (dualwrite/relay.py",)),
     ("SQL: DELETE ... RETURNING + fetch", ("fetchall (psycopg", "execute (psycopg")),
     ("_Batch sort", ("__init__ (dualwrite/relay.py",)),
+    (
+        "envelope assembly (Python)",
+        ("envelope (dualwrite/relay.py", "_fetch_batch (dualwrite/relay.py"),
+    ),
 )
 SENDER_BUCKETS = (
     ("crc32c (pure Python)", ("crc32c", "crc_update")),
@@ -474,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ratio",
             "raw flush/batch /s",
             "ratio",
+            "raw after /s",
+            "ratio to mean before/after",
             "fill rows/s",
         ],
         [
@@ -486,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 d.per_s / d.producer_all_per_s,
                 d.producer_flush_per_s,
                 d.per_s / d.producer_flush_per_s,
+                d.producer_all_after_per_s,
+                d.per_s / ((d.producer_all_per_s + d.producer_all_after_per_s) / 2),
                 d.changes / d.fill_s,
             )
             for d in drains

@@ -8,11 +8,17 @@ A crash or error before the commit rolls the delete back, so those records are p
 again (duplicates, never gaps). Records of transactions still in progress are invisible to
 the delete and are published once they commit. One relay per capture schema is active at a
 time (a session advisory lock); others wait as hot standbys.
+
+The database returns each record's columns as text (cheap); the relay puts the envelope
+together (:meth:`_Envelopes.envelope`), byte for byte what PostgreSQL's ``json_build_object`` wrote
+before, with each table's ``types`` read once per batch from the registry instead of once
+per record. That moves about half of the batch statement's cost off the source database.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import threading
@@ -62,6 +68,8 @@ def relay_metrics() -> Metrics:
 
 
 class _Batch:
+    """(seq, Kafka key, envelope) of every record of one batch, in seq order."""
+
     def __init__(self, rows: list[tuple[int, str, str]]) -> None:
         rows.sort(key=lambda r: r[0])
         self.rows = rows
@@ -69,6 +77,71 @@ class _Batch:
     @property
     def last_seq(self) -> int:
         return self.rows[-1][0]
+
+
+_OP_NAMES = {"I": "insert", "U": "update", "D": "delete"}  # anything else: "read"
+_ORIGIN_NAMES = {"t": "trigger", "o": "outbox"}  # anything else: "snapshot"
+
+
+def _json_string(text: str) -> str:
+    """``text`` as a JSON string, escaped exactly as PostgreSQL 15's ``escape_json`` does:
+    quote, backslash and control characters escaped (the short forms for backspace, form
+    feed, newline, carriage return and tab, ``u00xx`` for the others); everything else,
+    non-ASCII included, kept as is."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+class _Envelopes:
+    """Builds envelopes from changelog columns; caches the JSON text of each source label.
+
+    The ``types`` of each table come from the registry, read once per batch in the batch's
+    transaction (:meth:`load_types`), so a re-install that changes a table's columns is
+    seen by the next batch. Not thread-safe.
+    """
+
+    def __init__(self, registry_sql: sql.Composed) -> None:
+        self._registry_sql = registry_sql
+        self._types: dict[str, str] = {}
+        self._sources: dict[str, str] = {}
+
+    def load_types(self, conn: psycopg.Connection[Any]) -> None:
+        self._types = dict(conn.execute(self._registry_sql).fetchall())
+
+    def envelope(
+        self,
+        seq: int,
+        source: str,
+        op: str,
+        key: str,
+        row: str | None,
+        txid: str,
+        ts: str,
+        origin: str,
+    ) -> str:
+        """The value ``json_build_object(...)::text`` gave for these columns (docs/envelope.md):
+        ``key`` and ``row`` are the stored json texts, ``ts`` is ``to_json(captured_at)``."""
+        label = self._sources.get(source)
+        if label is None:
+            label = self._sources[source] = _json_string(source)
+        return (
+            f'{{"schema_version" : 1, "source" : {label}, '
+            f'"op" : "{_OP_NAMES.get(op, "read")}", "key" : {key}, '
+            f'"row" : {"null" if row is None else row}, '
+            f'"types" : {self._types.get(source, "null")}, "version" : {seq}, '
+            f'"txid" : "{txid}", "ts" : {ts}, "origin" : "{_ORIGIN_NAMES.get(origin, "snapshot")}"}}'
+        )
+
+
+def _fetch_batch(
+    conn: psycopg.Connection[Any], statement: sql.Composed, envelopes: _Envelopes
+) -> _Batch | None:
+    """Delete the next batch (in the caller's transaction) and build its envelopes."""
+    rows = conn.execute(statement).fetchall()
+    if not rows:
+        return None
+    envelopes.load_types(conn)
+    build = envelopes.envelope
+    return _Batch([(seq, msg_key, build(seq, *columns)) for seq, msg_key, *columns in rows])
 
 
 def run_relay(
@@ -96,6 +169,7 @@ def run_relay(
     )
     schema = config.capture.schema
     statement = _batch_sql(schema, config.relay.batch_size)
+    envelopes = _Envelopes(_registry_sql(schema))
     state_update = sql.SQL(
         "UPDATE {} SET relayed_total = relayed_total + %s, last_seq = %s, last_relayed_at = now() WHERE id = 1"
     ).format(in_schema(schema, RELAY_STATE))
@@ -129,24 +203,24 @@ def run_relay(
                         break
                     metrics.set("relay_active", 1)
                 with conn.transaction():
-                    rows = conn.execute(statement).fetchall()
-                    if rows:
-                        batch = _Batch(rows)
+                    batch = _fetch_batch(conn, statement, envelopes)
+                    if batch is not None:
                         _publish(producer, config.changes_topic, batch)
                         conn.execute(state_update, (len(batch.rows), batch.last_seq))
-                if rows:
-                    relayed += len(rows)
+                count = len(batch.rows) if batch is not None else 0
+                if count:
+                    relayed += count
                     batches += 1
-                    window_changes += len(rows)
+                    window_changes += count
                     window_batches += 1
                     failures = 0
-                    metrics.inc("relay_changes_total", len(rows))
+                    metrics.inc("relay_changes_total", count)
                     metrics.inc("relay_batches_total")
-                    metrics.set("relay_last_batch_size", len(rows))
+                    metrics.set("relay_last_batch_size", count)
                     if on_batch is not None:
-                        on_batch(len(rows))
+                        on_batch(count)
                 now = time.monotonic()
-                if now - window_start >= _LOG_EVERY_S and (window_changes or not rows):
+                if now - window_start >= _LOG_EVERY_S and (window_changes or not count):
                     log.info(
                         "relayed %d change(s) in %d batch(es) in the last %.0fs (%.0f/s, last batch %d); lag %.1fs",
                         window_changes,
@@ -157,12 +231,12 @@ def run_relay(
                         metrics.get("relay_lag_seconds"),
                     )
                     window_start, window_changes, window_batches = now, 0, 0
-                if not rows or now - last_lag_check > 1.0:
+                if not count or now - last_lag_check > 1.0:
                     lag_row = conn.execute(lag_sql).fetchone()
                     conn.commit()
                     metrics.set("relay_lag_seconds", float(lag_row[0]) if lag_row else 0.0)
                     last_lag_check = now
-                if not rows:
+                if not count:
                     if until_idle:
                         break
                     stop.wait(config.relay.idle_poll_ms / 1000)
@@ -218,32 +292,38 @@ def _publish(producer: Producer, topic: str, batch: _Batch) -> None:
 
 
 def _batch_sql(schema: str, batch_size: int) -> sql.Composed:
+    """Delete the oldest visible records; return their columns as text for :class:`_Envelopes`
+    (``ts`` is ``to_json(captured_at)``, the very text ``json_build_object`` writes)."""
     changelog = in_schema(schema, CHANGELOG)
     return sql.SQL(
         """
 DELETE FROM {changelog} AS c
 WHERE c.seq IN (SELECT seq FROM {changelog} ORDER BY seq LIMIT {n})
-RETURNING c.seq, c.msg_key, json_build_object(
-    'schema_version', 1,
-    'source', c.source_table,
-    'op', CASE c.op WHEN 'I' THEN 'insert' WHEN 'U' THEN 'update' WHEN 'D' THEN 'delete' ELSE 'read' END,
-    'key', c.key,
-    'row', c.row_image,
-    'types', (SELECT r.types FROM {registry} AS r WHERE r.source_table = c.source_table),
-    'version', c.seq,
-    'txid', c.txid::text,
-    'ts', c.captured_at,
-    'origin', CASE c.origin WHEN 't' THEN 'trigger' WHEN 'o' THEN 'outbox' ELSE 'snapshot' END
-)::text
+RETURNING c.seq, c.msg_key, c.source_table, c.op::text, c.key::text, c.row_image::text,
+    c.txid::text, pg_catalog.to_json(c.captured_at)::text, c.origin::text
 """
-    ).format(changelog=changelog, registry=in_schema(schema, REGISTRY), n=sql.Literal(batch_size))
+    ).format(changelog=changelog, n=sql.Literal(batch_size))
+
+
+def _registry_sql(schema: str) -> sql.Composed:
+    return sql.SQL("SELECT source_table, types::text FROM {}").format(in_schema(schema, REGISTRY))
 
 
 def _connect(engine: Engine, schema: str, stop: threading.Event) -> psycopg.Connection[Any] | None:
-    """A UTC session holding the relay lock for ``schema``; None if stopped while waiting."""
+    """A UTC session holding the relay lock for ``schema``; None if stopped while waiting.
+
+    Its commits do not wait for the WAL flush (``synchronous_commit = off``): a batch's DELETE
+    is committed only after Kafka acknowledged every record, so if a database crash undoes
+    the last commits, their records come back and are published again (duplicates, never a
+    gap), exactly as when the relay dies before committing. WAL order keeps the undone
+    commits a suffix of the batches, so they are re-sent in seq order.
+    """
     url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     conn = psycopg.connect(
-        url, options="-c timezone=UTC", application_name="dualwrite-relay", connect_timeout=10
+        url,
+        options="-c timezone=UTC -c synchronous_commit=off",
+        application_name="dualwrite-relay",
+        connect_timeout=10,
     )
     lock_key = f"dualwrite.relay:{schema}"
     warned = False

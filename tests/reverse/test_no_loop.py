@@ -138,7 +138,7 @@ def test_capture_install_upgrades_triggers_installed_before_the_origin_check(
             body = conn.execute(
                 text("SELECT pg_get_functiondef(CAST(:f AS regprocedure))"), {"f": fn}
             ).scalar_one()
-            start = body.index("    IF current_setting(")
+            start = body.index("    IF pg_catalog.current_setting(")
             end = body.index("END IF;", start) + len("END IF;")
             conn.exec_driver_sql(body[:start] + body[end:])  # the trigger as it was
 
