@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 
 from dualwrite.apply import Applier
 from dualwrite.config import MigrationConfig
-from dualwrite.kafka_io import Message, Producer, read_topic, topic_partitions
+from dualwrite.kafka_io import Message, Producer, read_topic
 from dualwrite.transform import Transforms
 from dualwrite.worker import (
     WorkerSettings,
@@ -118,11 +118,13 @@ def dead_letters(
     raises :class:`~dualwrite.errors.ServiceUnavailableError`, never "none".
     """
     out: list[DeadLetter] = []
-    topic = dead_letter_topic(config)
-    if not topic_partitions(config.kafka.bootstrap_servers, topic):
-        return []
     records = list(
-        read_topic(config.kafka.bootstrap_servers, topic, idle_timeout_ms=idle_timeout_ms)
+        read_topic(
+            config.kafka.bootstrap_servers,
+            dead_letter_topic(config),
+            idle_timeout_ms=idle_timeout_ms,
+            missing_ok=True,
+        )
     )
     for message in records:
         doc = json.loads(message.value or b"{}")

@@ -381,12 +381,19 @@ def read_topic(
     idle_timeout_ms: int = 2000,
     max_messages: int | None = None,
     from_beginning: bool = True,
+    missing_ok: bool = False,
 ) -> Iterable[Message]:
     """Yield a topic's records without joining a group (no offsets committed).
 
-    Stops after ``idle_timeout_ms`` without a new record, or after ``max_messages``.
+    Stops after ``idle_timeout_ms`` without a new record, or after ``max_messages``. A topic
+    that does not exist yields nothing with ``missing_ok``, else raises.
     Partitions are read one batch at a time, so per-partition order is kept.
     """
+    partitions = topic_partitions(bootstrap_servers, topic)
+    if not partitions:
+        if missing_ok:
+            return
+        raise ServiceUnavailableError(f"topic {topic} does not exist")
     try:
         consumer = kafka.KafkaConsumer(
             bootstrap_servers=list(bootstrap_servers),
@@ -400,9 +407,6 @@ def read_topic(
             f"cannot reach Kafka at {','.join(bootstrap_servers)}: {exc}"
         ) from None
     try:
-        partitions = topic_partitions(bootstrap_servers, topic)
-        if not partitions:
-            raise ServiceUnavailableError(f"topic {topic} does not exist")
         assigned = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assigned)
         if from_beginning:

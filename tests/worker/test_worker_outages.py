@@ -3,22 +3,25 @@ alone, reaches the exact state, and still stops promptly while a service is down
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
-from dualwrite import parse_migration
+from dualwrite import MigrationConfig, parse_migration
 from dualwrite import worker as worker_module
 from dualwrite.devstack._kafka_broker import LocalKafka
 from dualwrite.errors import ServiceUnavailableError
 from dualwrite.kafka_io import Consumer, Message
+from dualwrite.metrics import Metrics
 from dualwrite.relay import run_relay
 from dualwrite.worker import (
     WorkerSettings,
@@ -64,10 +67,40 @@ def _insert(p: Pipeline, first: int, last: int) -> None:
     )
 
 
-def _start(target: Callable[..., object], *args: object, **kwargs: object) -> threading.Thread:
-    thread = threading.Thread(target=target, args=args, kwargs=kwargs)
-    thread.start()
-    return thread
+@dataclass
+class _Running:
+    worker: threading.Thread
+    stop_worker: threading.Event
+    metrics: Metrics
+
+
+@contextlib.contextmanager
+def _relay_and_worker(
+    p: Pipeline,
+    config: MigrationConfig,
+    target: Engine,
+    settings: WorkerSettings = SETTINGS,
+) -> Iterator[_Running]:
+    """The relay and one worker on threads; both stopped and joined on exit."""
+    stop_relay, stop_worker = threading.Event(), threading.Event()
+    metrics = worker_metrics()
+    relay = threading.Thread(target=run_relay, args=(p.source, config), kwargs={"stop": stop_relay})
+    worker = threading.Thread(
+        target=run_worker,
+        args=(target, config, p.transforms),
+        kwargs={"settings": settings, "stop": stop_worker, "metrics": metrics},
+    )
+    relay.start()
+    worker.start()
+    try:
+        yield _Running(worker, stop_worker, metrics)
+    finally:
+        stop_relay.set()
+        stop_worker.set()
+        relay.join(timeout=90)
+        worker.join(timeout=90)
+    assert not relay.is_alive(), "the relay did not stop"
+    assert not worker.is_alive(), "the worker did not stop"
 
 
 def test_worker_rides_out_a_target_database_outage(
@@ -77,44 +110,29 @@ def test_worker_rides_out_a_target_database_outage(
     proxy = TcpProxy(p.target.url.port or 5432)
     proxy.start()
     proxied = create_engine(p.target.url.set(port=proxy.port))
-    metrics = worker_metrics()
-    stop_relay, stop_worker = threading.Event(), threading.Event()
     caplog.set_level(logging.WARNING, logger="dualwrite.worker")
-    relay = _start(run_relay, p.source, p.config, stop=stop_relay)
-    worker = _start(
-        run_worker,
-        proxied,
-        p.config,
-        p.transforms,
-        settings=SETTINGS,
-        stop=stop_worker,
-        metrics=metrics,
-    )
     try:
-        _insert(p, 1, 100)
-        _wait(lambda: _persons(p) == 100)
-        proxy.cut()
-        _insert(p, 101, 200)
-        _wait(lambda: metrics.get("worker_retries_total") >= 1)
-        assert _persons(p) == 100  # nothing reaches the target while it is unreachable
-        proxy.start()
-        _wait(lambda: _persons(p) == 200)
-        # down again with a batch in hand: a stop must not wait for the database to return
-        proxy.cut()
-        retries = metrics.get("worker_retries_total")
-        _insert(p, 201, 250)
-        _wait(lambda: metrics.get("worker_retries_total") > retries)
-        stop_worker.set()
-        worker.join(timeout=60)
-        assert not worker.is_alive(), "the worker did not stop while the database was down"
-        assert "it is redelivered" in caplog.text
-        # the uncommitted batch is redelivered to the next worker
-        run_worker(p.target, p.config, p.transforms, settings=SETTINGS, until_idle=True)
+        with _relay_and_worker(p, p.config, proxied) as run:
+            _insert(p, 1, 100)
+            _wait(lambda: _persons(p) == 100)
+            proxy.cut()
+            _insert(p, 101, 200)
+            _wait(lambda: run.metrics.get("worker_retries_total") >= 1)
+            assert _persons(p) == 100  # nothing reaches the target while it is unreachable
+            proxy.start()
+            _wait(lambda: _persons(p) == 200)
+            # down again with a batch in hand: a stop must not wait for the database to return
+            proxy.cut()
+            retries = run.metrics.get("worker_retries_total")
+            _insert(p, 201, 250)
+            _wait(lambda: run.metrics.get("worker_retries_total") > retries)
+            run.stop_worker.set()
+            run.worker.join(timeout=60)
+            assert not run.worker.is_alive(), "the worker did not stop while the database was down"
+            assert "it is redelivered" in caplog.text
+            # the uncommitted batch is redelivered to the next worker
+            run_worker(p.target, p.config, p.transforms, settings=SETTINGS, until_idle=True)
     finally:
-        stop_relay.set()
-        stop_worker.set()
-        relay.join()
-        worker.join(timeout=60)
         proxy.cut()
         proxied.dispose()
     assert "target database unavailable" in caplog.text
@@ -143,41 +161,23 @@ def test_worker_rides_out_a_broker_outage_and_stops_while_it_is_down(
         {},
     )
     assert list(own.kafka.bootstrap_servers) == [broker.settings.kafka_bootstrap]
-    metrics = worker_metrics()
-    stop_relay, stop_worker = threading.Event(), threading.Event()
-    relay = _start(run_relay, p.source, own, stop=stop_relay)
-    worker = _start(
-        run_worker,
-        p.target,
-        own,
-        p.transforms,
-        settings=SETTINGS,
-        stop=stop_worker,
-        metrics=metrics,
-    )
-    try:
+    with _relay_and_worker(p, own, p.target) as run:
         _insert(p, 1, 100)
         _wait(lambda: _persons(p) == 100)
         broker.stop()
         _insert(p, 101, 200)
         time.sleep(3)  # the relay and the worker both meet the dead broker
-        assert worker.is_alive(), "the worker gave up while the broker was down"
+        assert run.worker.is_alive(), "the worker gave up while the broker was down"
         assert _persons(p) == 100
         broker.start()
         _wait(lambda: _persons(p) == 200, timeout_s=180)
         _assert_exact(p)
         broker.stop()
         t_stop = time.monotonic()
-        stop_worker.set()
-        worker.join(timeout=90)
-        assert not worker.is_alive(), "the worker hung on a dead broker after stop"
+        run.stop_worker.set()
+        run.worker.join(timeout=90)
+        assert not run.worker.is_alive(), "the worker hung on a dead broker after stop"
         print(f"worker stopped {time.monotonic() - t_stop:.1f}s after stop with the broker down")
-    finally:
-        stop_relay.set()
-        stop_worker.set()
-        relay.join(timeout=90)
-        worker.join(timeout=90)
-    assert not relay.is_alive()
 
 
 class _FailingProducer:
@@ -292,31 +292,15 @@ def test_a_worker_whose_consumer_fell_out_of_its_group_joins_again(
     _DroppingConsumer.created.clear()
     monkeypatch.setattr(worker_module, "Consumer", _DroppingConsumer)
     caplog.set_level(logging.WARNING, logger="dualwrite.worker")
-    metrics = worker_metrics()
-    stop_relay, stop_worker = threading.Event(), threading.Event()
-    relay = _start(run_relay, p.source, p.config, stop=stop_relay)
     settings = WorkerSettings(batch_size=200, linger_ms=50, rejoin_after_s=2.0)
-    worker = _start(
-        run_worker,
-        p.target,
-        p.config,
-        p.transforms,
-        settings=settings,
-        stop=stop_worker,
-        metrics=metrics,
-    )
-    try:
+    with _relay_and_worker(p, p.config, p.target, settings) as run:
         _insert(p, 1, 100)
         _wait(lambda: _persons(p) == 100)
         _DroppingConsumer.drop.set()
         _wait(_DroppingConsumer.dropped.is_set)  # out of the group before the next rows exist
         _insert(p, 101, 200)
         _wait(lambda: _persons(p) == 200)
-    finally:
-        stop_relay.set()
-        stop_worker.set()
-        relay.join()
-        worker.join(timeout=60)
+    metrics = run.metrics
     assert metrics.get("worker_rejoins_total") == 1
     assert len(_DroppingConsumer.created) == 2
     assert "fell out of its group" in caplog.text
