@@ -251,7 +251,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         suffix = uuid.uuid4().hex[:8]
-        self.table = f"bench_lag_{suffix}"
+        self.table = f"public.bench_lag_{suffix}"  # qualified: a `dualwrite` schema on the source would catch "$user"
         self.bootstrap = os.environ["DUALWRITE_KAFKA_BOOTSTRAP"]
         self.url = libpq_url(os.environ["DUALWRITE_SOURCE_URL"])
         self.config: MigrationConfig = make_config(
@@ -262,7 +262,7 @@ class Bench:
                 bootstrap=self.bootstrap,
                 topic_prefix=f"bench.relay-lag.{suffix}",
                 capture_schema=f"bench_lag_cap_{suffix}",
-                tables=[f"public.{self.table}"],
+                tables=[self.table],
                 batch_size=args.relay_batch_size,
                 idle_poll_ms=args.idle_poll_ms,
                 partitions=args.partitions,

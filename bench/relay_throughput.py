@@ -128,7 +128,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.suffix = uuid.uuid4().hex[:8]
-        self.table = f"bench_relay_{self.suffix}"
+        self.table = f"public.bench_relay_{self.suffix}"  # qualified: a `dualwrite` schema on the source would catch "$user"
         self.schema = f"bench_relay_cap_{self.suffix}"
         self.topic_prefix = f"bench.relay-throughput.{self.suffix}"
         self.raw_topic = f"{self.topic_prefix}.raw"
@@ -150,7 +150,7 @@ class Bench:
                     bootstrap=self.bootstrap,
                     topic_prefix=self.topic_prefix,
                     capture_schema=self.schema,
-                    tables=[f"public.{self.table}"],
+                    tables=[self.table],
                     batch_size=batch_size,
                     partitions=self.args.partitions,
                 )
