@@ -10,7 +10,14 @@ reversed on odd rounds (A B C | C B A) so that a slow drift of the shared machin
 * ``capture+relay``: capture installed on the four tables and ``dualwrite relay`` running as a
   separate process against a migration file, draining the changelog to Kafka as in
   production (it shares the machine's cores with pgbench, PostgreSQL and Kafka);
-* ``capture``: triggers only, no relay: the changelog just grows (the trigger's own cost).
+* ``capture``: triggers only, no relay: the changelog just grows (the trigger's own cost);
+* ``floor-trigger``: an empty PL/pgSQL row trigger (``RETURN NULL``) on the four tables: what
+  calling any row trigger costs;
+* ``floor-row``: a PL/pgSQL row trigger that writes one row per change and nothing else
+  (``INSERT INTO ... (payload) VALUES (NEW::text)`` into a table keyed by an identity
+  column): the least any capture that makes each change durable in the writing transaction
+  can cost, a trigger or an application's outbox row alike. Capture's loss minus this loss
+  is what dualwrite's trigger adds on top of persisting the change at all.
 
 Before each run: capture uninstalled, ``pgbench_history`` truncated, the four tables
 vacuumed and analysed, a CHECKPOINT; then capture installed for the capture modes. pgbench
@@ -67,8 +74,16 @@ from dualwrite.db import make_engine
 from dualwrite.relay import run_relay
 
 PGBENCH_TABLES = ("pgbench_accounts", "pgbench_tellers", "pgbench_branches", "pgbench_history")
-MODES = ("none", "capture+relay", "capture")
+MODES = ("none", "capture+relay", "capture", "floor-trigger", "floor-row")
 CAPTURE_SCHEMA = "dualwrite_bench"
+FLOOR_SCHEMA = "dualwrite_bench_floor"
+FLOOR_BODIES = {
+    "floor-trigger": "RETURN NULL;",
+    "floor-row": (
+        f"INSERT INTO {FLOOR_SCHEMA}.changes (payload) VALUES "
+        "(CASE WHEN TG_OP = 'DELETE' THEN OLD::text ELSE NEW::text END); RETURN NULL;"
+    ),
+}
 
 
 @dataclass
@@ -157,12 +172,30 @@ class Bench:
             uninstall(self.engine, self.config, force=True)
             self.installed = False
         with psycopg.connect(self.db_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {FLOOR_SCHEMA} CASCADE")  # and its triggers
             conn.execute("TRUNCATE pgbench_history")
             conn.execute(f"VACUUM (ANALYZE) {', '.join(PGBENCH_TABLES)}")
+            if mode in FLOOR_BODIES:
+                self.install_floor(conn, FLOOR_BODIES[mode])
             conn.execute("CHECKPOINT")
-        if mode != "none":
+        if mode.startswith("capture"):
             install(self.engine, self.config)
             self.installed = True
+
+    @staticmethod
+    def install_floor(conn: psycopg.Connection[Any], body: str) -> None:
+        conn.execute(
+            f"CREATE SCHEMA {FLOOR_SCHEMA}; "
+            f"CREATE TABLE {FLOOR_SCHEMA}.changes ("
+            "seq bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY, payload text NOT NULL); "
+            f"CREATE FUNCTION {FLOOR_SCHEMA}.floor() RETURNS trigger LANGUAGE plpgsql "
+            f"AS $fn$ BEGIN {body} END $fn$"
+        )
+        for table in PGBENCH_TABLES:
+            conn.execute(
+                f"CREATE TRIGGER dualwrite_bench_floor AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                f"FOR EACH ROW EXECUTE FUNCTION {FLOOR_SCHEMA}.floor()"
+            )
 
     # --- one run ------------------------------------------------------------------------
 
@@ -171,7 +204,7 @@ class Bench:
         relay: subprocess.Popen[str] | None = None
         if mode == "capture+relay":
             relay = self.start_relay()
-        sampler = Sampler(self.db_url, backlog=mode != "none")
+        sampler = Sampler(self.db_url, backlog=mode.startswith("capture"))
         sampler.start()
         print(f"round {round_no} {mode}: pgbench -T {self.args.seconds} ...", file=sys.stderr)
         db0 = self.db_counters()
@@ -207,15 +240,19 @@ class Bench:
             run.cpu_s["relay"] = round(relay_cpu1 - relay_cpu0, 2)
         run.db = {k: db1[k] - db0[k] for k in db1}
         run.waits = dict(sorted(sampler.waits.items(), key=lambda kv: -kv[1]))
-        if mode != "none":
+        if mode.startswith("capture"):
             run.max_backlog = sampler.max_backlog
         if relay is not None:
             run.relay_relayed = self.stop_relay(relay)
             rest = run_relay(self.engine, self.config, until_idle=True)
             run.extra["drained_after_s"] = round(rest.elapsed_s, 2)
             run.extra["drained_after"] = rest.relayed
-        if mode != "none":
+        if mode.startswith("capture"):
             run.changes_captured = self.changes_captured()
+        elif mode == "floor-row":
+            with psycopg.connect(self.db_url) as conn:
+                row = conn.execute(f"SELECT count(*) FROM {FLOOR_SCHEMA}.changes").fetchone()
+            run.changes_captured = int(row[0]) if row else None
         return run
 
     def start_relay(self) -> subprocess.Popen[str]:
@@ -283,6 +320,8 @@ class Bench:
                 uninstall(self.engine, self.config, force=True)
         self.engine.dispose()
         delete_topics(self.bootstrap, [self.config.changes_topic])
+        with contextlib.suppress(Exception), psycopg.connect(self.db_url, autocommit=True) as c:
+            c.execute(f"DROP SCHEMA IF EXISTS {FLOOR_SCHEMA} CASCADE")
         if not self.args.keep_database:
             with contextlib.suppress(Exception):
                 self.drop_database()
