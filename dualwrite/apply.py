@@ -2,6 +2,9 @@
 
 One call of :meth:`Applier.apply` is one target transaction:
 
+0. It takes the advisory lock of each target table it writes: shared for the stream,
+   exclusive for a backfill chunk (all version 0), which therefore never runs beside a stream
+   batch on the same table.
 1. Operations are collapsed to the newest version per (target table, target key, source).
 2. The version bookkeeping (``dualwrite.applied`` on the target, never columns in the
    user's tables) is upserted first with ``ON CONFLICT ... DO UPDATE ... WHERE
@@ -14,7 +17,8 @@ One call of :meth:`Applier.apply` is one target transaction:
    live row behind it) per target table.
 4. The applied source position per source table is recorded in ``dualwrite.source_positions``.
 
-Replays, restarts and re-driven dead letters therefore change nothing. Not thread-safe: one
+Backfill chunks (version 0) are written where no bookkeeping row exists for their key (see
+:meth:`Applier._apply_absent`). Replays, restarts and re-driven dead letters change nothing. Not thread-safe: one
 Applier per worker thread.
 """
 
@@ -111,6 +115,7 @@ class Applier:
         try:
             with self.conn.transaction():
                 self.conn.execute(MARK_TOOLKIT_WRITE)  # capture triggers skip these rows
+                self._lock_targets(ops)
                 result = self._apply(ops)
                 if positions:
                     self._record_positions(positions)
@@ -125,6 +130,28 @@ class Applier:
             raise ApplyError(f"{type(exc).__name__}: {str(exc).strip()}") from exc
 
     # --- internals -----------------------------------------------------------------------
+
+    def _lock_targets(self, ops: Sequence[TargetOp]) -> None:
+        """Serialise the backfill's chunks with the stream's batches, per target table.
+
+        A batch of snapshot reads (all version 0: the backfill) takes each of its target
+        tables' advisory lock exclusively; any other batch (the stream, a re-drive) takes it
+        shared, so workers never wait for each other. Taken before the transaction's first
+        write, in name order (no lock-order deadlock between a chunk and a batch), and held to
+        its end: a chunk's statements see every stream batch on its tables either committed or
+        not started, which is what lets the backfill write single-owner rows without claiming
+        their keys (``docs/backfill.md``)."""
+        if not ops:
+            return
+        names = self._names
+        tables: set[str] = set()
+        for op in ops:
+            target = names.get(op.target)
+            if target is None:
+                target = names[op.target] = str(op.target)
+            tables.add(target)
+        exclusive = all(op.version == 0 for op in ops)
+        self.conn.execute(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED, (sorted(tables),))
 
     def _apply(self, ops: Sequence[TargetOp]) -> ApplyResult:
         if ops and all(op.version == 0 for op in ops):
@@ -233,13 +260,16 @@ class Applier:
         """Version-0 operations (snapshot reads: the backfill), written only where no version
         at all is recorded for their (target, key, source): insert-if-absent.
 
-        The same decision as :meth:`_claim` makes for version 0 (``0 < applied.version`` is
-        never true, so only a missing bookkeeping row admits it), in one statement per target
-        table and source: the staged rows carry their key text, the bookkeeping insert
-        (``ON CONFLICT DO NOTHING``, in key order) returns the keys it claimed, and the data
-        statement writes exactly those. A concurrent stream writer's claim of the same key
-        waits for this transaction and then wins (its version is at least 1). Deletes of a
-        merged row take the general path (they must check the other owners).
+        The transaction holds its target tables' advisory locks exclusively
+        (:meth:`_lock_targets`), so no stream batch on these tables is in flight: every stream
+        write is either committed, with its bookkeeping row visible to these statements, or
+        not started, and will then overwrite (version >= 1) what this one writes. So a
+        single-owner row is written, one statement per target table and source, exactly for
+        the staged keys that have no bookkeeping row, and records none itself. A merged row's
+        owner still claims its key with a version-0 bookkeeping row (``ON CONFLICT DO
+        NOTHING ... RETURNING``, in key order): the merge's delete rule reads the other owners'
+        rows. Deletes of a merged row take the general path (they must check the other
+        owners). ``docs/backfill.md`` has the whole argument.
         """
         names = self._names
         groups: dict[tuple[str, str, tuple[str, ...] | None], dict[str, TargetOp]] = {}
@@ -302,21 +332,39 @@ class Applier:
         ]
         stage = self._stage(table, info, list(columns), rows, key_column=True)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        # A merged row's owners need the claim: whether the row lives on after one owner's
+        # delete is decided from the other owners' bookkeeping rows. A single-owner row needs
+        # none: under the table's exclusive lock (``_lock_targets``) a key without any
+        # bookkeeping row was not written by the stream, committed or in flight.
+        if spec.owners:
+            admitted = sql.SQL(
+                "WITH claimed AS ({claim}) "
+                "INSERT INTO {t} ({cols}) SELECT {s_cols} FROM {s} AS s "
+                "JOIN claimed AS c ON c.target_key = s.{k} "
+            ).format(
+                claim=_claim_absent(stage, deleted=False),
+                t=_table(table),
+                cols=cols,
+                s_cols=_prefixed("s", columns),
+                s=stage,
+                k=sql.Identifier(_KEY_COLUMN),
+            )
+        else:
+            admitted = sql.SQL(
+                "INSERT INTO {t} ({cols}) SELECT {s_cols} FROM {s} AS s WHERE {unrecorded} "
+            ).format(
+                t=_table(table),
+                cols=cols,
+                s_cols=_prefixed("s", columns),
+                s=stage,
+                unrecorded=_UNRECORDED,
+            )
         with self.conn.cursor() as cur:
             cur.execute(
                 sql.SQL(
-                    "WITH claimed AS ({claim}) "
-                    "INSERT INTO {t} ({cols}) SELECT {s_cols} FROM {s} AS s "
-                    'JOIN claimed AS c ON c.target_key = s.{k} ORDER BY s.{k} COLLATE "C" '
-                    "ON CONFLICT ({conflict}) {action}"
+                    '{admitted}ORDER BY s.{k} COLLATE "C" ON CONFLICT ({conflict}) {action}'
                 ).format(
-                    claim=_claim_absent(stage, deleted=False),
-                    t=_table(table),
-                    cols=cols,
-                    s_cols=sql.SQL(", ").join(
-                        sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns
-                    ),
-                    s=stage,
+                    admitted=admitted,
                     k=sql.Identifier(_KEY_COLUMN),
                     conflict=sql.SQL(", ").join(sql.Identifier(c) for c in spec.key),
                     action=_upsert_action(columns, spec.key),
@@ -344,22 +392,16 @@ class Applier:
         match = sql.SQL(" AND ").join(
             sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in spec.key
         )
-        row = self.conn.execute(
-            sql.SQL(
-                "WITH claimed AS ({claim}), "
-                "gone AS (DELETE FROM {t} AS t USING {s} AS s, claimed AS c "
-                "WHERE c.target_key = s.{k} AND {match}) "
-                "SELECT count(*) FROM claimed"
-            ).format(
-                claim=_claim_absent(stage, deleted=True),
-                t=_table(table),
-                s=stage,
-                k=sql.Identifier(_KEY_COLUMN),
-                match=match,
-            ),
-            (target, source),
-        ).fetchone()
-        return int(row[0]) if row else 0
+        # Only single-owner rows come here (a merged row's deletes take the general path),
+        # so no claim is needed: see _upsert_absent.
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "DELETE FROM {t} AS t USING {s} AS s WHERE {match} AND {unrecorded}"
+                ).format(t=_table(table), s=stage, match=match, unrecorded=_UNRECORDED),
+                (target, source),
+            )
+            return max(cur.rowcount, 0)
 
     def _info(self, target: QualifiedName) -> _TargetInfo:
         info = self._targets.get(target)
@@ -561,6 +603,33 @@ def _claim_absent(stage: sql.Composable, *, deleted: bool) -> sql.Composable:
         "ON CONFLICT (target_table, target_key, source_table) DO NOTHING "
         "RETURNING a.target_key"
     ).format(k=sql.Identifier(_KEY_COLUMN), deleted=sql.Literal(deleted), s=stage)
+
+
+# A version-0 operation of a single-owner row is admitted when its key (in the keyed stage
+# ``s``) has no bookkeeping row at all (parameters: target, source).
+_UNRECORDED = sql.SQL(
+    "NOT EXISTS (SELECT 1 FROM dualwrite.applied AS a WHERE a.target_table = %s "
+    "AND a.target_key = s.{k} AND a.source_table = %s)"
+).format(k=sql.Identifier(_KEY_COLUMN))
+
+
+def _prefixed(alias: str, columns: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(
+        sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in columns
+    )
+
+
+# Per-target-table advisory locks (two-key form; the first key is dualwrite's namespace):
+# exclusive for a backfill chunk, shared for a stream batch. ``unnest`` feeds the lock calls in
+# the array's (sorted) order.
+_LOCK_SPACE = 0x6477_0001  # "dw", 1
+_LOCK_EXCLUSIVE = (
+    f"SELECT count(pg_advisory_xact_lock({_LOCK_SPACE}, hashtext(t))) FROM unnest(%s::text[]) AS t"
+)
+_LOCK_SHARED = (
+    f"SELECT count(pg_advisory_xact_lock_shared({_LOCK_SPACE}, hashtext(t))) "
+    "FROM unnest(%s::text[]) AS t"
+)
 
 
 def _rows(

@@ -6,13 +6,14 @@ statement, hence one consistent snapshot), encoded exactly as the triggers encod
 transforms as the stream, and applied as a snapshot read with **source version 0**.
 
 Why no interleaving with the stream can lose an update or resurrect a delete (see
-``docs/backfill.md``): the version guard admits an operation only when its version is greater
-than the last applied one for its (target, key, source). Every streamed change has a version
-of at least 1, so
+``docs/backfill.md``): a chunk writes a key only where no bookkeeping row exists for it, i.e.
+where the stream never wrote it, and it holds its target tables' advisory locks exclusively
+while stream batches hold them shared, so no stream write on those tables is in flight. So
 
-- if the stream touched the key first (an upsert, or a delete's tombstone), the backfill's
-  version 0 loses: it never overwrites newer data and never brings a deleted row back;
-- if the backfill comes first, any later streamed change (version >= 1) wins over it.
+- if the stream touched the key first (an upsert, or a delete's tombstone), the chunk skips
+  it: it never overwrites newer data and never brings a deleted row back;
+- if the backfill comes first, any later streamed change (version >= 1) overwrites or deletes
+  the chunk's committed row.
 
 Capture must be installed before the backfill starts, so every change that the snapshot
 might miss is in the stream. Progress (the last key of the last committed chunk) is stored on
@@ -263,9 +264,10 @@ def _apply_chunk(
 ) -> None:
     """Apply one chunk and move the progress mark, in one target transaction.
 
-    A deadlock with a stream worker writing the same merged rows (each orders its own writes,
-    but a worker's batch writes one merged row per owner's column set) rolls the chunk back;
-    it is retried, a bounded number of times."""
+    The chunk holds its target tables' advisory locks exclusively (``Applier._lock_targets``),
+    so it cannot deadlock with a stream batch; a deadlock or serialisation failure with
+    anything else (the user's own triggers on the target, say) rolls the chunk back and it is
+    retried, a bounded number of times."""
     for attempt in range(1, _DEADLOCK_RETRIES + 1):
         try:
             with dst.transaction():

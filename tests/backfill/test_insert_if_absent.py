@@ -93,20 +93,23 @@ def test_version_zero_writes_only_keys_nothing_was_applied_for(
     ]
     result = _apply(applier, snapshot)
 
-    assert result == ApplyResult(applied=3, skipped=2)
+    # person 3 (merged: its owner claims the key) and address 4 are written; address 5 has no
+    # row to delete; person 1 and address 2 were streamed.
+    assert result == ApplyResult(applied=2, skipped=3)
     assert p.target_rows("person") == [(1, "stream", None, None), (3, "n3", "e3", "gold")]
     assert p.target_rows("address") == [(4, "c4")]  # 2 stays deleted
     assert _bookkeeping(p, applier.conn) == {
         ("person:person", "[1]"): (5, False),
         ("address:person", "[2]"): (6, True),
         ("person:profile", "[3]"): (2, False),
-        ("person:person", "[3]"): (0, False),
-        ("address:person", "[4]"): (0, False),
-        ("address:person", "[5]"): (0, True),
+        ("person:person", "[3]"): (0, False),  # a merge owner's claim
+        # address (one owner): the backfill records nothing
     }
-    # Again (a resumed or repeated backfill): 0 is not newer than 0, nothing changes.
-    assert _apply(applier, snapshot) == ApplyResult(applied=0, skipped=5)
+    # Again (a resumed or repeated backfill): the streamed keys stay skipped, the merged key's
+    # claim (0 is not newer than 0) too; address 4 is written again with the same values.
+    assert _apply(applier, snapshot) == ApplyResult(applied=1, skipped=4)
     assert p.target_rows("person") == [(1, "stream", None, None), (3, "n3", "e3", "gold")]
+    assert p.target_rows("address") == [(4, "c4")]
     # The stream still wins afterwards.
     assert _apply(applier, [_address(p, 4, 1, "streamed")]).applied == 1
     assert p.target_rows("address") == [(4, "streamed")]
@@ -246,3 +249,46 @@ def test_stopping_keeps_the_progress_of_applied_chunks_only(merge_pipeline: Pipe
     (again,) = run_backfill(p.source, p.target, p.config, p.transforms, settings)
     assert again.resumed and again.done and again.rows == 900 and again.rows_total == 1000
     assert len(p.target_rows("person")) == 1000
+
+
+def test_backfill_waits_for_an_uncommitted_stream_delete_and_does_not_resurrect_it(
+    merge_pipeline: Pipeline, conns: Callable[[str], psycopg.Connection[Any]]
+) -> None:
+    """The stream's delete of a row the target never had leaves only a tombstone, which an
+    uncommitted transaction hides; the chunk must wait for it (the tables' advisory lock),
+    not write the old row beside it."""
+    p = merge_pipeline
+    stream = Applier(conns("dw-test-stream3"), p.transforms)
+    backfill = Applier(conns("dw-test-backfill3"), p.transforms)
+    observer = conns("dw-test-observer3")
+
+    with stream.conn.transaction():  # the stream's tombstone of address 20, not committed yet
+        assert stream.apply([_address(p, 20, 4, None)]).applied == 1
+        thread, out = _in_thread(lambda: _apply(backfill, [_address(p, 20, 0, "old")]))
+        _wait_until_blocked(observer, "dw-test-backfill3")
+    thread.join(20)
+
+    assert out == [ApplyResult(applied=0, skipped=1)]
+    assert p.target_rows("address") == []
+    assert _bookkeeping(p, observer)[("address:person", "[20]")] == (4, True)
+
+
+def test_a_stream_delete_waits_for_an_uncommitted_chunk_then_deletes_its_row(
+    merge_pipeline: Pipeline, conns: Callable[[str], psycopg.Connection[Any]]
+) -> None:
+    """A chunk's single-owner row carries no bookkeeping row to wait on; the stream's delete
+    must still see it (the tables' advisory lock), or the row would outlive its delete."""
+    p = merge_pipeline
+    stream = Applier(conns("dw-test-stream4"), p.transforms)
+    backfill = Applier(conns("dw-test-backfill4"), p.transforms)
+    observer = conns("dw-test-observer4")
+
+    with backfill.conn.transaction():  # the chunk wrote address 21, not committed yet
+        assert backfill.apply([_address(p, 21, 0, "old")]).applied == 1
+        thread, out = _in_thread(lambda: _apply(stream, [_address(p, 21, 4, None)]))
+        _wait_until_blocked(observer, "dw-test-stream4")
+    thread.join(20)
+
+    assert out == [ApplyResult(applied=1, skipped=0)]
+    assert p.target_rows("address") == []
+    assert _bookkeeping(p, observer)[("address:person", "[21]")] == (4, True)
