@@ -326,12 +326,14 @@ class Applier:
         if unknown:
             raise ApplyError(f"target table {table} has no column(s) {', '.join(unknown)}")
         group = list(by_key.values())
-        rows = [
-            (key, *row)
-            for key, row in zip(by_key, _rows(group, columns, info.columns), strict=True)
-        ]
-        stage = self._stage(table, info, list(columns), rows, key_column=True)
+        values = _rows(group, columns, info.columns)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        if not spec.owners and self._all_new(table, spec, info, target, source, by_key):
+            copied = self._copy_new(table, cols, values)
+            if copied is not None:
+                return copied
+        rows = [(key, *row) for key, row in zip(by_key, values, strict=True)]
+        stage = self._stage(table, info, list(columns), rows, key_column=True)
         # A merged row's owners need the claim: whether the row lives on after one owner's
         # delete is decided from the other owners' bookkeeping rows. A single-owner row needs
         # none: under the table's exclusive lock (``_lock_targets``) a key without any
@@ -382,6 +384,8 @@ class Applier:
         source: str,
         by_key: Mapping[str, TargetOp],
     ) -> int:
+        if self._all_new(table, spec, info, target, source, by_key):
+            return 0  # no row to delete
         stage = self._stage(
             table,
             info,
@@ -402,6 +406,53 @@ class Applier:
                 (target, source),
             )
             return max(cur.rowcount, 0)
+
+    def _all_new(
+        self,
+        table: QualifiedName,
+        spec: TargetSpec,
+        info: _TargetInfo,
+        target: str,
+        source: str,
+        by_key: Mapping[str, TargetOp],
+    ) -> bool:
+        """Whether none of a single-owner chunk's keys has a row in ``table`` or a bookkeeping
+        row (a first backfill of the table): then its rows can be copied straight into the
+        table, and its deletes have nothing to do. Asked for one-column keys of the types
+        whose arrays travel as is (two index lookups per key); False for the others."""
+        if len(spec.key) != 1 or info.columns.get(spec.key[0]) not in _ARRAY_KEY_TYPES:
+            return False
+        (column,) = spec.key
+        row = self.conn.execute(
+            sql.SQL(
+                "SELECT EXISTS (SELECT 1 FROM {t} WHERE {c} = ANY(%s::{type}[])) "
+                "OR EXISTS (SELECT 1 FROM dualwrite.applied WHERE target_table = %s "
+                "AND source_table = %s AND target_key = ANY(%s::text[]))"
+            ).format(t=_table(table), c=sql.Identifier(column), type=sql.SQL(info.columns[column])),
+            ([op.key[0] for op in by_key.values()], target, source, list(by_key)),
+        ).fetchone()
+        return row is not None and not row[0]
+
+    def _copy_new(
+        self, table: QualifiedName, cols: sql.Composable, values: Sequence[Sequence[Any]]
+    ) -> int | None:
+        """COPY rows whose keys :meth:`_all_new` found absent straight into ``table`` (as
+        cheap as a plain load: no staging, no per-row conflict check). Under the table's
+        exclusive lock no stream batch can add one of the keys meanwhile; should another
+        writer have (a unique violation), the copy is undone and None returned, and the
+        caller takes the statement path, which decides row by row."""
+        try:
+            with (
+                self.conn.transaction(),
+                self.conn.cursor() as cur,
+                cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(_table(table), cols)) as copy,
+            ):
+                for row in values:
+                    copy.write_row(row)
+            return len(values)
+        except psycopg.errors.UniqueViolation:
+            log.info("%s: a key of the chunk was written meanwhile; writing it row by row", table)
+            return None
 
     def _info(self, target: QualifiedName) -> _TargetInfo:
         info = self._targets.get(target)
@@ -618,6 +669,10 @@ def _prefixed(alias: str, columns: Sequence[str]) -> sql.Composable:
         sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in columns
     )
 
+
+# Key column types (as ``format_type`` names them) whose Python values travel as one array
+# parameter for the "are these keys new" lookup of a backfill chunk.
+_ARRAY_KEY_TYPES = frozenset({"smallint", "integer", "bigint", "text", "uuid"})
 
 # Per-target-table advisory locks (two-key form; the first key is dualwrite's namespace):
 # exclusive for a backfill chunk, shared for a stream batch. ``unnest`` feeds the lock calls in

@@ -292,3 +292,55 @@ def test_a_stream_delete_waits_for_an_uncommitted_chunk_then_deletes_its_row(
     assert out == [ApplyResult(applied=1, skipped=0)]
     assert p.target_rows("address") == []
     assert _bookkeeping(p, observer)[("address:person", "[21]")] == (4, True)
+
+
+def test_a_chunk_of_new_keys_is_copied_and_one_with_a_known_key_is_written_row_by_row(
+    merge_pipeline: Pipeline,
+    conns: Callable[[str], psycopg.Connection[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    p = merge_pipeline
+    applier = Applier(conns("dw-test-copy"), p.transforms)
+    copies: list[int] = []
+    real_copy = Applier._copy_new
+
+    def counting_copy(self: Applier, *args: Any) -> int | None:
+        result = real_copy(self, *args)
+        copies.append(-1 if result is None else result)
+        return result
+
+    monkeypatch.setattr(Applier, "_copy_new", counting_copy)
+    assert _apply(applier, [_address(p, k, 0, f"c{k}") for k in (30, 31, 32)]).applied == 3
+    assert copies == [3]  # no key known: one COPY into the table
+    _apply(applier, [_address(p, 33, 2, "streamed")])  # the stream writes key 33
+    snapshot = [_address(p, 33, 0, "old"), _address(p, 34, 0, "c34"), _address(p, 35, 0, None)]
+    assert _apply(applier, snapshot) == ApplyResult(applied=1, skipped=2)
+    assert copies == [3]  # key 33 is known: the statement path, which skips it
+    assert p.target_rows("address") == [
+        (30, "c30"),
+        (31, "c31"),
+        (32, "c32"),
+        (33, "streamed"),
+        (34, "c34"),
+    ]
+
+
+def test_a_copy_that_meets_a_key_written_meanwhile_falls_back_to_row_by_row(
+    merge_pipeline: Pipeline,
+    conns: Callable[[str], psycopg.Connection[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A writer outside dualwrite (not bound by the advisory lock) adds a key between the
+    lookup and the COPY: the COPY's unique violation is undone and the chunk is written by
+    the statement path, which keeps that writer's row."""
+    p = merge_pipeline
+    applier = Applier(conns("dw-test-copy-race"), p.transforms)
+    other = conns("dw-test-someone-else")
+    other.execute(f"INSERT INTO \"{p.dst}\".address VALUES (41, 'someone else')")
+    other.commit()
+    monkeypatch.setattr(Applier, "_all_new", lambda self, *args: True)  # the lookup came first
+
+    result = _apply(applier, [_address(p, 40, 0, "c40"), _address(p, 41, 0, "c41")])
+
+    assert result == ApplyResult(applied=2, skipped=0)  # 41: no bookkeeping, so overwritten
+    assert p.target_rows("address") == [(40, "c40"), (41, "c41")]
