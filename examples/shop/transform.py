@@ -139,11 +139,43 @@ def berlin_to_utc(value: object) -> dt.datetime | str | None:
         return value
     if not isinstance(value, dt.datetime) or value.tzinfo is not None:
         raise TypeError(f"expected a timestamp without time zone, got {value!r}")
+    hour = value.toordinal() * 24 + value.hour
+    try:
+        offset = _HOUR_OFFSETS[hour]
+    except KeyError:
+        if len(_HOUR_OFFSETS) >= _MAX_HOURS:
+            _HOUR_OFFSETS.clear()
+        offset = _HOUR_OFFSETS[hour] = _hour_offset(
+            value.replace(minute=0, second=0, microsecond=0)
+        )
+    if offset is None:  # the offset changes inside this hour (no transition of today's rules)
+        return _berlin_to_utc_exact(value)
+    return (value - offset).replace(tzinfo=dt.UTC)
+
+
+def _berlin_to_utc_exact(value: dt.datetime) -> dt.datetime:
     earlier = value.replace(tzinfo=BERLIN, fold=0)
     later = value.replace(tzinfo=BERLIN, fold=1)
     if earlier.utcoffset() != later.utcoffset() and _exists(earlier):
         return later.astimezone(dt.UTC)  # the repeated hour: PostgreSQL takes standard time
     return earlier.astimezone(dt.UTC)  # ordinary time, or the skipped hour
+
+
+_MAX_HOURS: Final = 1 << 16  # about 7.5 years of distinct hours; then the cache starts over
+_HOUR_OFFSETS: dict[int, dt.timedelta | None] = {}
+"""Hour number (proleptic ordinal * 24 + hour) -> :func:`_hour_offset` of that hour. A race
+between threads can only compute an entry twice (both compute the same value)."""
+
+
+def _hour_offset(hour: dt.datetime) -> dt.timedelta | None:
+    """The offset :func:`_berlin_to_utc_exact` subtracts from every wall-clock time of the
+    naive ``hour`` (its first and last microsecond agree), or None when it does not hold for
+    the whole hour. Europe/Berlin changes offset on whole hours, so one cached offset per hour
+    replaces two zone lookups and a conversion per value."""
+    first = hour - _berlin_to_utc_exact(hour).replace(tzinfo=None)
+    last_local = hour + dt.timedelta(hours=1, microseconds=-1)
+    last = last_local - _berlin_to_utc_exact(last_local).replace(tzinfo=None)
+    return first if first == last else None
 
 
 def _exists(local: dt.datetime) -> bool:

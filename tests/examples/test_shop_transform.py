@@ -27,7 +27,9 @@ from examples.shop.transform import (
     BERLIN,
     CUSTOMER_COLUMNS,
     PROFILE_COLUMNS,
+    _berlin_to_utc_exact,
     amount_to_cents,
+    berlin_to_utc,
     build_transforms,
 )
 
@@ -324,6 +326,32 @@ def test_berlin_wall_clock_time_becomes_an_instant(
     assert placed_at == instant
     if isinstance(placed_at, dt.datetime):
         assert placed_at.utcoffset() == dt.timedelta(0)
+
+
+@given(st.datetimes(min_value=dt.datetime(1850, 1, 1), max_value=dt.datetime(2100, 1, 1)))
+def test_the_per_hour_offset_cache_gives_the_exact_conversion(local: dt.datetime) -> None:
+    assert berlin_to_utc(local) == _berlin_to_utc_exact(local)
+
+
+def test_the_per_hour_offset_cache_gives_the_exact_conversion_around_every_transition() -> None:
+    """Every hour in which Europe/Berlin's offset changes (from the zone's own data) and the
+    hours around it, at their first, middle and last microsecond."""
+    checked = 0
+    hour = dt.datetime(1890, 1, 1)
+    end = dt.datetime(2060, 1, 1)
+    previous = hour.replace(tzinfo=BERLIN).utcoffset()
+    while hour < end:
+        current = hour.replace(tzinfo=BERLIN).utcoffset()
+        if current != previous:
+            for around in range(-3, 4):
+                start = hour + dt.timedelta(hours=around)
+                for offset in (dt.timedelta(0), dt.timedelta(minutes=30), dt.timedelta(hours=1)):
+                    local = start + offset - dt.timedelta(microseconds=offset > dt.timedelta(0))
+                    assert berlin_to_utc(local) == _berlin_to_utc_exact(local), local
+                    checked += 1
+        previous = current
+        hour += dt.timedelta(hours=1)
+    assert checked >= 150 * 3 * 7  # two a year since 1980, the war years, 1893 (187 in all)
 
 
 def test_an_aware_legacy_timestamp_is_a_transform_error(registry: Transforms) -> None:
