@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -383,12 +383,14 @@ class SegmentDiff:
         """All segments' checksums on both sides. Each side is read in ``parts`` ranges of
         heap blocks at once (sequential TID range scans, several backends per database,
         whatever the rows' physical order); each part checksums every segment of its rows,
-        and the parts' checksums are combined: counts add up, hashes XOR.
+        and the parts' checksums are combined: counts add up, hashes XOR. Both sides' parts
+        run at the same time (like each worker holding one connection per database), not
+        one side's after the other's through the worker pool.
 
         A row updated while the parts run may be seen by two parts (old and new version) or
         by none; either changes its segment's count, so the segment differs and is looked
         into again by key range (one query, one snapshot), never passed as equal by it."""
-        futures: list[tuple[str, Future[Checksums]]] = []
+        jobs: list[tuple[str, Callable[[psycopg.Connection[Any]], Checksums]]] = []
         for side in ("source", "target"):
             blocks = self._blocks[side]
             parts = max(1, min(self.tuning.parts, blocks // max(1, self.tuning.part_blocks)))
@@ -396,10 +398,8 @@ class SegmentDiff:
             heaps: list[Heap | None] = [
                 (first, None if k == parts - 1 else edges[k + 1]) for k, first in enumerate(edges)
             ]
-            if parts == 1:
-                heaps = [None]
             bucket = _bucket(self.plan, side, bounds)
-            for heap in heaps:
+            for heap in heaps if parts > 1 else [None]:
                 job = partial(
                     _checksums,
                     plan=self.plan,
@@ -410,14 +410,16 @@ class SegmentDiff:
                     bucket=bucket,
                     heap=heap,
                 )
-                futures.append((side, self._pool.submit(self._on, side, job)))
+                jobs.append((side, job))
         out: dict[str, Checksums] = {"source": {}, "target": {}}
-        for side, future in futures:
-            sums = out[side]
-            for piece, (n, x) in future.result().items():
-                m, y = sums.get(piece, (0, 0))
-                sums[piece] = (m + n, y ^ x)
-        self._count(queries=len(futures))
+        with ThreadPoolExecutor(len(jobs), thread_name_prefix="reconcile-level-zero") as scans:
+            futures = [(side, scans.submit(self._on, side, job)) for side, job in jobs]
+            for side, future in futures:
+                sums = out[side]
+                for piece, (n, x) in future.result().items():
+                    m, y = sums.get(piece, (0, 0))
+                    sums[piece] = (m + n, y ^ x)
+        self._count(queries=len(jobs))
         return out["source"], out["target"]
 
     def _mostly_differing(self, bounds: Sequence[Bound]) -> bool:
