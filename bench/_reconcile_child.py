@@ -50,3 +50,6 @@ def main(config_path: str, workers: int) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
+    import gc
+
+    gc.freeze()  # what ``dualwrite``'s entry point does before the process exits

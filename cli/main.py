@@ -6,6 +6,7 @@ not ready, 2 bad input or error, 3 incomplete.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import sys
@@ -96,7 +97,14 @@ def cli(verbose: int) -> None:
 
 def main() -> None:
     """Console-script entry point; click turns usage errors into exit code 2."""
-    cli(prog_name="dualwrite")
+    try:
+        cli(prog_name="dualwrite")
+    finally:
+        # The process ends here. Frozen objects are left to the OS instead of being torn
+        # down one by one by the interpreter's final collections (0.2-0.4 s of exit after
+        # a reconcile, with SQLAlchemy, psycopg and kafka-python loaded); atexit handlers
+        # and the flushing of stdout/stderr still run.
+        gc.freeze()
 
 
 if __name__ == "__main__":

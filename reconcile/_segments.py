@@ -26,10 +26,9 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -72,7 +71,8 @@ class Tuning:
     many: float = 0.5  # fraction of differing pieces above which descent stops
     batch_rows: int = 50_000  # rows per leaf query when adjacent leaves are fetched together
     probes: int = 16  # segments checksummed first to guess whether most differ
-    parts: int = 4  # key ranges per side scanned at once for the first level
+    parts: int = 4  # heap block ranges per side scanned at once for the first level
+    part_blocks: int = 128  # ... of at least this many 8 kB blocks (else fewer parts)
     packed: bool = True  # integer keys: leaf pairs travel as one bytea, compared by numpy
     packed_rows: int = 10_000  # ... for leaf ranges of at least this many (estimated) rows
 
@@ -119,6 +119,18 @@ def estimate_rows(conn: psycopg.Connection[Any], table: sql.Composable) -> int:
         estimate = 0 if count is None else int(count[0])
     conn.commit()
     return estimate
+
+
+def table_blocks(conn: psycopg.Connection[Any], table: sql.Composable) -> int:
+    """The table's heap size in blocks; 0 for what has no heap of its own (a view, a
+    partitioned table), which is then scanned as one part."""
+    row = conn.execute(
+        "SELECT CASE WHEN relkind IN ('r', 'm') THEN pg_relation_size(oid) "
+        "/ current_setting('block_size')::bigint ELSE 0 END FROM pg_class WHERE oid = %s::regclass",
+        (table.as_string(conn),),
+    ).fetchone()
+    conn.commit()
+    return 0 if row is None else int(row[0])
 
 
 def _bounds(
@@ -168,6 +180,42 @@ def _bounds(
 Checksums = dict[int, tuple[int, int]]
 
 
+def _array_text(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of these element texts (each quoted, so any text is safe)."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
+
+
+def _bucket(plan: SqlPlan, side: str, bounds: Sequence[Bound]) -> sql.Composable:
+    """The piece of a row: ``width_bucket`` of its key over the boundaries (0 below the first).
+    One key column: the boundaries travel as one array literal (composing thousands of
+    literals one by one cost more client CPU than the query's planning)."""
+    if not bounds:
+        return sql.SQL("0")
+    types = plan.key_type_names(side)
+    if len(types) == 1:
+        return sql.SQL("width_bucket({}, {}::{}[])").format(
+            _key(plan, side), sql.Literal(_array_text([b[0] for b in bounds])), sql.SQL(types[0])
+        )
+    return sql.SQL("width_bucket({}, ARRAY[{}])").format(
+        _key(plan, side), sql.SQL(", ").join(_literal(plan, side, b) for b in bounds)
+    )
+
+
+Heap = tuple[int, int | None]
+"""A range of heap blocks [first, end) of a table; end None: to the end of the table."""
+
+
+def _heap_range(heap: Heap | None) -> sql.Composable:
+    if heap is None:
+        return sql.SQL("TRUE")
+    first, end = heap
+    parts = [sql.SQL("t.ctid >= {}::tid").format(sql.Literal(f"({first},0)"))]
+    if end is not None:
+        parts.append(sql.SQL("t.ctid < {}::tid").format(sql.Literal(f"({end},0)")))
+    return sql.SQL(" AND ").join(parts)
+
+
 def _checksums(
     conn: psycopg.Connection[Any],
     *,
@@ -176,21 +224,24 @@ def _checksums(
     bounds: Sequence[Bound],
     lo: Bound | None,
     hi: Bound | None,
+    bucket: sql.Composable | None = None,
+    heap: Heap | None = None,
 ) -> Checksums:
     """Per piece: (rows, XOR of the row hashes). Keys are unique on each side and part of
-    every row's hash, so no two rows of one side cancel out but by a 2**-64 accident."""
-    bucket: sql.Composable = sql.SQL("0")
-    if bounds:
-        bucket = sql.SQL("width_bucket({}, ARRAY[{}])").format(
-            _key(plan, side), sql.SQL(", ").join(_literal(plan, side, b) for b in bounds)
-        )
+    every row's hash, so no two rows of one side cancel out but by a 2**-64 accident.
+
+    ``heap`` restricts the scan to a range of heap blocks (a TID range scan): the checksums
+    of the parts of a table add up (counts) and XOR (hashes) to the table's.
+    ``bucket``: ``_bucket(plan, side, bounds)`` composed once by the caller."""
     query = sql.SQL(
-        "SELECT {bucket}, count(*), bit_xor({hash}) FROM {table} AS t WHERE {range} GROUP BY 1"
+        "SELECT {bucket}, count(*), bit_xor({hash}) FROM {table} AS t "
+        "WHERE {range} AND {heap} GROUP BY 1"
     ).format(
-        bucket=bucket,
+        bucket=_bucket(plan, side, bounds) if bucket is None else bucket,
         hash=plan.row_hash(side),
         table=plan.table(side),
         range=_range(plan, side, lo, hi),
+        heap=_heap_range(heap),
     )
     out = {int(seg): (int(n), int(total)) for seg, n, total in conn.execute(query).fetchall()}
     conn.commit()
@@ -275,6 +326,7 @@ class SegmentDiff:
         self._lock = threading.Lock()
         self._counting_rows = False  # rows are counted by the leaves when no checksums ran
         self._packed = tuning.packed and integer_key(plan)
+        self._blocks = {"source": 0, "target": 0}  # heap blocks, for the first level's parts
 
     def _on(self, side: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self._sessions[side].get() as conn:
@@ -289,10 +341,13 @@ class SegmentDiff:
     def run(self) -> SegmentStats:
         """Compare the whole table; ``stats.candidates`` holds the keys that may differ."""
         plan, tuning = self.plan, self.tuning
-        rows = max(
-            self._on("source", lambda c: estimate_rows(c, plan.table("source"))),
-            self._on("target", lambda c: estimate_rows(c, plan.table("target"))),
-        )
+
+        def facts(conn: psycopg.Connection[Any], side: str) -> tuple[int, int]:
+            table = plan.table(side)
+            return estimate_rows(conn, table), table_blocks(conn, table)
+
+        (src_rows, self._blocks["source"]), (dst_rows, self._blocks["target"]) = self._both(facts)
+        rows = max(src_rows, dst_rows)
         pieces = min(tuning.max_segments, max(1, math.ceil(rows / tuning.leaf_rows)))
         side = "target"
         t0 = time.perf_counter()
@@ -325,35 +380,46 @@ class SegmentDiff:
         return self.stats
 
     def _level_zero(self, bounds: Sequence[Bound]) -> tuple[Checksums, Checksums]:
-        """All segments' checksums on both sides, in ``parts`` key ranges per side at once
-        (so each database scans with several backends)."""
-        pieces = len(bounds) + 1
-        parts = max(1, min(self.tuning.parts, pieces))
-        edges = [round(k * pieces / parts) for k in range(parts + 1)]
-        futures: list[tuple[str, int, Future[Checksums]]] = []
-        for first, end in pairwise(edges):
-            lo = None if first == 0 else bounds[first - 1]
-            hi = None if end == pieces else bounds[end - 1]
-            inner = bounds[first : end - 1]
-            for side in ("source", "target"):
-                futures.append(
-                    (
-                        side,
-                        first,
-                        self._pool.submit(
-                            self._on,
-                            side,
-                            partial(
-                                _checksums, plan=self.plan, side=side, bounds=inner, lo=lo, hi=hi
-                            ),
-                        ),
-                    )
+        """All segments' checksums on both sides. Each side is read in ``parts`` ranges of
+        heap blocks at once (sequential TID range scans, several backends per database,
+        whatever the rows' physical order); each part checksums every segment of its rows,
+        and the parts' checksums are combined: counts add up, hashes XOR. Both sides' parts
+        run at the same time (like each worker holding one connection per database), not
+        one side's after the other's through the worker pool.
+
+        A row updated while the parts run may be seen by two parts (old and new version) or
+        by none; either changes its segment's count, so the segment differs and is looked
+        into again by key range (one query, one snapshot), never passed as equal by it."""
+        jobs: list[tuple[str, Callable[[psycopg.Connection[Any]], Checksums]]] = []
+        for side in ("source", "target"):
+            blocks = self._blocks[side]
+            parts = max(1, min(self.tuning.parts, blocks // max(1, self.tuning.part_blocks)))
+            edges = [blocks * k // parts for k in range(parts)]
+            heaps: list[Heap | None] = [
+                (first, None if k == parts - 1 else edges[k + 1]) for k, first in enumerate(edges)
+            ]
+            bucket = _bucket(self.plan, side, bounds)
+            for heap in heaps if parts > 1 else [None]:
+                job = partial(
+                    _checksums,
+                    plan=self.plan,
+                    side=side,
+                    bounds=bounds,
+                    lo=None,
+                    hi=None,
+                    bucket=bucket,
+                    heap=heap,
                 )
+                jobs.append((side, job))
         out: dict[str, Checksums] = {"source": {}, "target": {}}
-        for side, first, future in futures:
-            for local, sums in future.result().items():
-                out[side][first + local] = sums
-        self._count(queries=len(futures))
+        with ThreadPoolExecutor(len(jobs), thread_name_prefix="reconcile-level-zero") as scans:
+            futures = [(side, scans.submit(self._on, side, job)) for side, job in jobs]
+            for side, future in futures:
+                sums = out[side]
+                for piece, (n, x) in future.result().items():
+                    m, y = sums.get(piece, (0, 0))
+                    sums[piece] = (m + n, y ^ x)
+        self._count(queries=len(jobs))
         return out["source"], out["target"]
 
     def _mostly_differing(self, bounds: Sequence[Bound]) -> bool:

@@ -4,17 +4,20 @@ Row triggers (``install``) or the application itself (:class:`Outbox`) write the
 the same transaction as the business write, into the changelog the relay publishes.
 """
 
-from dualwrite.capture._ddl import TableShape
-from dualwrite.capture._install import (
-    CaptureError,
-    CaptureStatus,
-    TableCaptureStatus,
-    inspect_table,
-    install,
-    status,
-    uninstall,
-)
-from dualwrite.capture.outbox import Outbox
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dualwrite.capture._ddl import TableShape
+    from dualwrite.capture._install import (
+        CaptureError,
+        CaptureStatus,
+        TableCaptureStatus,
+        inspect_table,
+        install,
+        status,
+        uninstall,
+    )
+    from dualwrite.capture.outbox import Outbox
 
 __all__ = [
     "CaptureError",
@@ -27,3 +30,29 @@ __all__ = [
     "status",
     "uninstall",
 ]
+
+_WHERE = {
+    "CaptureError": "dualwrite.capture._install",
+    "CaptureStatus": "dualwrite.capture._install",
+    "Outbox": "dualwrite.capture.outbox",
+    "TableCaptureStatus": "dualwrite.capture._install",
+    "TableShape": "dualwrite.capture._ddl",
+    "inspect_table": "dualwrite.capture._install",
+    "install": "dualwrite.capture._install",
+    "status": "dualwrite.capture._install",
+    "uninstall": "dualwrite.capture._install",
+}
+"""Where each public name lives. Imported on first use, so that reading table shapes
+(``dualwrite.capture._ddl``, used by reconcile, backfill and the worker) does not import the
+installer or the outbox, and with it SQLAlchemy's ORM."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

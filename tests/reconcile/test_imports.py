@@ -1,6 +1,7 @@
 """``reconcile()`` and ``dualwrite reconcile`` import only what they use: not kafka-python
-(asked only when differences need the in-flight re-check), nor the worker, the backfill or
-the readiness gates; the public names of both packages still resolve."""
+(asked only when differences need the in-flight re-check), nor SQLAlchemy's ORM (the
+outbox's), the capture installer, the worker, the backfill or the readiness gates; the
+public names of the packages still resolve."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sys
 
 HEAVY = (
     "kafka",
+    "sqlalchemy.orm",
+    "dualwrite.capture.outbox",
+    "dualwrite.capture._install",
     "pandas",
     "pyarrow",
     "dualwrite.worker",
@@ -46,9 +50,10 @@ def test_the_reconcile_command_does_not_import_kafka_or_other_commands() -> None
 
 def test_every_public_name_still_resolves() -> None:
     import dualwrite
+    import dualwrite.capture
     import reconcile
 
-    for package in (dualwrite, reconcile):
+    for package in (dualwrite, dualwrite.capture, reconcile):
         for name in package.__all__:
             assert getattr(package, name) is not None, (package.__name__, name)
     from dualwrite import ServiceCheck, check_kafka

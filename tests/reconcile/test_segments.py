@@ -20,7 +20,7 @@ from sqlalchemy import Engine, text
 from dualwrite import capture
 from dualwrite.transform import Transforms, load_transforms
 from reconcile import reconcile
-from reconcile._segments import Tuning, differing_keys
+from reconcile._segments import Tuning, _array_text, differing_keys
 from reconcile._session import connect
 
 pytestmark = pytest.mark.integration
@@ -183,6 +183,8 @@ def _found(result: Any) -> set[tuple[str, str]]:
         # leaf pairs packed into one bytea per leaf and compared by numpy (integer keys)
         Tuning(leaf_rows=40, probes=4, many=-1.0, packed_rows=0),
         Tuning(leaf_rows=40, fanout=4, max_segments=16, packed_rows=0),
+        # the first level read in 3 ranges of heap blocks per side, their checksums combined
+        Tuning(leaf_rows=40, probes=0, parts=3, part_blocks=1),
     ],
 )
 def test_segment_checksums_find_seeded_drift_exactly(
@@ -208,6 +210,15 @@ def test_packed_pairs_yield_the_keys_whose_hash_differs_or_that_one_side_lacks()
     assert differing_keys(src, src).size == 0
     empty = np.empty((0, 2), dtype=np.int64)
     assert sorted(differing_keys(src, empty).tolist()) == [1, 3, 5, 7]
+
+
+def test_boundaries_travel_as_one_array_literal_whatever_their_text(
+    source_engine: Engine,
+) -> None:
+    keys = ['a"b', "c\\d", "x,y", "{}", " ", "", "NULL", "é", "'"]
+    with connect(source_engine) as conn:
+        row = conn.execute("SELECT %s::text[]", (_array_text(keys),)).fetchone()
+    assert row is not None and row[0] == keys
 
 
 def test_streaming_comparison_finds_the_same_drift_with_spilled_partitions(
