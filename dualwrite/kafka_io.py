@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -257,21 +258,30 @@ def group_lag(
 
     def read() -> dict[int, tuple[int, int | None]]:
         admin = _admin(bootstrap_servers, timeout_s)
+        deadline = time.monotonic() + timeout_s
         try:
-            partitions = _partitions(admin, topic)
-            tps = [TopicPartition(topic, p) for p in partitions]
-            ends = (
-                admin.list_partition_offsets(
-                    dict.fromkeys(tps, OffsetSpec.LATEST), timeout_ms=int(timeout_s * 1000)
-                )
-                if tps
-                else {}
-            )
-            committed = admin.list_group_offsets(group_id).get(group_id, {})
-        except kafka.errors.KafkaError as exc:
-            raise ServiceUnavailableError(
-                f"cannot read the offsets of group {group_id} on {topic}: {exc}"
-            ) from None
+            while True:
+                try:
+                    partitions = _partitions(admin, topic)
+                    tps = [TopicPartition(topic, p) for p in partitions]
+                    ends = (
+                        admin.list_partition_offsets(
+                            dict.fromkeys(tps, OffsetSpec.LATEST), timeout_ms=int(timeout_s * 1000)
+                        )
+                        if tps
+                        else {}
+                    )
+                    committed = admin.list_group_offsets(group_id).get(group_id, {})
+                    break
+                except kafka.errors.KafkaError as exc:
+                    # A retriable error passes (a new broker has no group coordinator until
+                    # its offsets topic exists: CoordinatorNotAvailable); asked again shortly.
+                    if getattr(exc, "retriable", False) and time.monotonic() < deadline:
+                        time.sleep(_RETRY_PAUSE_S)
+                        continue
+                    raise ServiceUnavailableError(
+                        f"cannot read the offsets of group {group_id} on {topic}: {exc}"
+                    ) from None
         finally:
             admin.close()
         out: dict[int, tuple[int, int | None]] = {}
@@ -320,6 +330,9 @@ def group_state(
 
 
 T = TypeVar("T")
+
+
+_RETRY_PAUSE_S = 0.2  # between two tries of a Kafka call that failed with a retriable error
 
 
 def call_with_deadline(fn: Callable[[], T], timeout_s: float, what: str) -> T:
