@@ -653,6 +653,14 @@ timestamptz, integers within the column's range); anything else sends the batch 
 where the server parses and casts each value."""
 
 
+def _binary_ok(oids: Sequence[int], rows: Sequence[Sequence[Any]]) -> bool:
+    """True when every column of ``rows`` passes the check of its type oid."""
+    return bool(rows) and all(
+        (check := _BINARY_CHECKS.get(oid)) is not None and check(column)
+        for oid, column in zip(oids, zip(*rows, strict=True), strict=True)
+    )
+
+
 def _copy(
     cur: psycopg.Cursor[Any],
     statement: sql.Composed | sql.SQL,
@@ -662,10 +670,7 @@ def _copy(
     """COPY ``rows`` with ``statement`` (``COPY ... FROM STDIN``): in binary when every column's
     values pass :data:`_BINARY_CHECKS` (about half the client and server cost per row of
     text), else as text. The same rows reach the table either way."""
-    binary = bool(rows) and all(
-        (check := _BINARY_CHECKS.get(oid)) is not None and check(column)
-        for oid, column in zip(oids, zip(*rows, strict=True), strict=True)
-    )
+    binary = _binary_ok(oids, rows)
     if binary:
         statement = sql.Composed([statement, sql.SQL(" (FORMAT BINARY)")])
     with cur.copy(statement) as copy:
