@@ -92,7 +92,7 @@ def consumer_group(config: MigrationConfig) -> str:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    batch_size: int = 2000
+    batch_size: int = 5000
     linger_ms: int = 100
     idle_s: float = 2.0  # with until_idle: exit after this long with nothing left to read
     max_apply_attempts: int = 3
