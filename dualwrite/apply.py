@@ -668,8 +668,9 @@ def _copy(
     rows: Sequence[Sequence[Any]],
 ) -> None:
     """COPY ``rows`` with ``statement`` (``COPY ... FROM STDIN``): in binary when every column's
-    values pass :data:`_BINARY_CHECKS` (about half the client and server cost per row of
-    text), else as text. The same rows reach the table either way."""
+    values pass :data:`_BINARY_CHECKS` (measured on order-shaped rows: 2.9 against 5.0 µs of
+    client CPU, 5.4 against 8.3 µs of wall time per row), else as text. The same rows reach
+    the table either way."""
     binary = _binary_ok(oids, rows)
     if binary:
         statement = sql.Composed([statement, sql.SQL(" (FORMAT BINARY)")])
