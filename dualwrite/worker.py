@@ -252,9 +252,8 @@ def run_worker(
                 exc,
             )
         finally:
-            executor.shutdown(
-                wait=True
-            )  # a batch still being applied is not committed: redelivered
+            # a batch still being applied is not committed: redelivered
+            executor.shutdown(wait=True)
             consumer.close()
             producer.close()
             target.close()
