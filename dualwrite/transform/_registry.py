@@ -185,7 +185,7 @@ class Transforms:
                     f"transform of {source} produced undeclared targets {sorted(unknown)}"
                 )
         ops: list[TargetOp] = []
-        for target, spec, _source_key, allowed, source_key_of, target_key_of in plan:
+        for target, spec, allowed, source_key_of, target_key_of in plan:
             values = produced.get(target)
             if values is None:
                 ops.append(TargetOp(spec.table, source_key_of(key), None, source, version))
@@ -222,15 +222,13 @@ class Transforms:
             owned = spec.owned_by(st.source)
             allowed = None if owned is None else frozenset(owned) | frozenset(spec.key)
             source_key = tuple(mapping[c] for c in spec.key)
-            plan.append(
-                (target, spec, source_key, allowed, _key_getter(source_key), _key_getter(spec.key))
-            )
+            plan.append((target, spec, allowed, _key_getter(source_key), _key_getter(spec.key)))
         self._plans[st.source] = (st, plan)
         return plan
 
 
 KeyGetter = Callable[[Mapping[str, Any]], tuple[Any, ...]]
-_TargetPlan = tuple[str, TargetSpec, tuple[str, ...], frozenset[str] | None, KeyGetter, KeyGetter]
+_TargetPlan = tuple[str, TargetSpec, frozenset[str] | None, KeyGetter, KeyGetter]
 
 
 def _key_getter(columns: tuple[str, ...]) -> KeyGetter:
