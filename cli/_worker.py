@@ -24,7 +24,7 @@ migration_arg = click.argument("migration_file", type=click.Path(dir_okay=False)
 @click.command("worker")
 @migration_arg
 @click.option("--until-idle", is_flag=True, help="Exit once every partition is caught up.")
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
 @click.option("--linger-ms", type=click.IntRange(0, 60_000), default=100, show_default=True)
 @click.option(
     "--metrics-port",

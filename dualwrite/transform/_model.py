@@ -50,7 +50,7 @@ class TargetSpec:
         return self.owners.get(source, ())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TargetOp:
     """Upsert (``values`` set) or delete (``values`` None) of one target row by one source.
 
@@ -62,6 +62,23 @@ class TargetOp:
     values: Mapping[str, Any] | None
     source: str
     version: int
+
+    def __init__(
+        self,
+        target: QualifiedName,
+        key: tuple[Any, ...],
+        values: Mapping[str, Any] | None,
+        source: str,
+        version: int,
+    ) -> None:
+        # One or more per change event: the fields go straight into the instance dict (the
+        # frozen dataclass __init__ calls object.__setattr__ per field, twice the cost).
+        d = self.__dict__
+        d["target"] = target
+        d["key"] = key
+        d["values"] = values
+        d["source"] = source
+        d["version"] = version
 
     @property
     def is_delete(self) -> bool:

@@ -26,10 +26,11 @@ reverse mapping for rollback. Thread-safe once built (read-only).
 from __future__ import annotations
 
 import importlib
+import operator
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from dualwrite.config import MigrationConfig, TableConfig, parse_qualified_name
 from dualwrite.errors import DualwriteError
@@ -184,14 +185,13 @@ class Transforms:
                     f"transform of {source} produced undeclared targets {sorted(unknown)}"
                 )
         ops: list[TargetOp] = []
-        for target, spec, source_key, allowed in plan:
+        for target, spec, allowed, source_key_of, target_key_of in plan:
             values = produced.get(target)
             if values is None:
-                target_key = tuple(key[c] for c in source_key)
-                ops.append(TargetOp(spec.table, target_key, None, source, version))
+                ops.append(TargetOp(spec.table, source_key_of(key), None, source, version))
                 continue
             try:
-                target_key = tuple(values[c] for c in spec.key)
+                target_key = target_key_of(values)
             except KeyError:
                 missing = [c for c in spec.key if c not in values]
                 raise TransformError(
@@ -211,8 +211,8 @@ class Transforms:
         cached = self._plans.get(st.source)
         if cached is not None and cached[0] is st:
             targets = self.targets
-            for target, spec, _key, _allowed in cached[1]:
-                if targets.get(target) is not spec:
+            for entry in cached[1]:
+                if targets.get(entry[0]) is not entry[1]:
                     break
             else:
                 return cached[1]
@@ -221,12 +221,25 @@ class Transforms:
             spec = self.targets[target]
             owned = spec.owned_by(st.source)
             allowed = None if owned is None else frozenset(owned) | frozenset(spec.key)
-            plan.append((target, spec, tuple(mapping[c] for c in spec.key), allowed))
+            source_key = tuple(mapping[c] for c in spec.key)
+            plan.append((target, spec, allowed, _key_getter(source_key), _key_getter(spec.key)))
         self._plans[st.source] = (st, plan)
         return plan
 
 
-_TargetPlan = tuple[str, TargetSpec, tuple[str, ...], frozenset[str] | None]
+KeyGetter = Callable[[Mapping[str, Any]], tuple[Any, ...]]
+_TargetPlan = tuple[str, TargetSpec, frozenset[str] | None, KeyGetter, KeyGetter]
+
+
+def _key_getter(columns: tuple[str, ...]) -> KeyGetter:
+    """``row -> tuple(row[c] for c in columns)`` without a generator per call (raises
+    ``KeyError`` for a missing column, as the generator does)."""
+    if len(columns) == 1:
+        (column,) = columns
+        return lambda row: (row[column],)
+    if not columns:
+        return lambda row: ()
+    return cast(KeyGetter, operator.itemgetter(*columns))  # a tuple for several items
 
 
 def _learn_key_impl(
