@@ -4,8 +4,9 @@ The public surface of the write path. Submodules not re-exported here are intern
 """
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dualwrite._lazy import lazy_attributes
 from dualwrite.config import (
     DatabaseConfig,
     KafkaConfig,
@@ -28,17 +29,12 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-_LAZY = {"ServiceCheck", "check_database", "check_kafka"}
-"""Names imported on first use: ``dualwrite.connectivity`` imports kafka-python, which
-commands that never talk to Kafka (reconcile without differences) need not pay for."""
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from dualwrite import connectivity
-
-        return getattr(connectivity, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Imported on first use: ``dualwrite.connectivity`` imports kafka-python, which commands
+# that never talk to Kafka (reconcile without differences) need not pay for.
+__getattr__ = lazy_attributes(
+    __name__,
+    dict.fromkeys(("ServiceCheck", "check_database", "check_kafka"), "dualwrite.connectivity"),
+)
 
 
 __all__ = [

@@ -5,7 +5,9 @@ re-checks, reports (JSON, Markdown, self-contained HTML) and run history, repair
 the normal pipeline, and the cutover readiness gates built on them.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dualwrite._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from reconcile._canonical import NORMALISERS, canonical, encode_row
@@ -154,12 +156,4 @@ _WHERE = {
 reconcile`` does not import the readiness gates (Kafka), the repair or the HTML renderers."""
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -4,7 +4,9 @@ Row triggers (``install``) or the application itself (:class:`Outbox`) write the
 the same transaction as the business write, into the changelog the relay publishes.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dualwrite._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from dualwrite.capture._ddl import TableShape
@@ -47,12 +49,4 @@ _WHERE = {
 installer or the outbox, and with it SQLAlchemy's ORM."""
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)

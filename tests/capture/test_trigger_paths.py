@@ -3,10 +3,12 @@ search_path cannot change what the trigger does."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import Engine, text
 
-from dualwrite import capture
+from dualwrite import MigrationConfig, capture
 from dualwrite.capture._ddl import function_name
 from tests.capture.helpers import drain, events, messages
 
@@ -20,12 +22,18 @@ def _table(engine: Engine, schema: str) -> None:
         )
 
 
+def _captured_table(engine: Engine, schema: str, make_config: Any) -> MigrationConfig:
+    """The test table, captured; the migration that captures it."""
+    _table(engine, schema)
+    config: MigrationConfig = make_config([f"{schema}.t"])
+    capture.install(engine, config)
+    return config
+
+
 def test_update_that_leaves_the_key_alone_is_one_update_with_the_full_row(
     source_engine: Engine, source_schema: str, make_config
 ) -> None:
-    _table(source_engine, source_schema)
-    config = make_config([f"{source_schema}.t"])
-    capture.install(source_engine, config)
+    config = _captured_table(source_engine, source_schema, make_config)
     with source_engine.begin() as conn:
         conn.execute(text(f"INSERT INTO \"{source_schema}\".t VALUES (1, 'x', 10, 'n')"))
     with source_engine.begin() as conn:
@@ -45,9 +53,7 @@ def test_update_that_leaves_the_key_alone_is_one_update_with_the_full_row(
 def test_multi_row_key_change_is_a_delete_then_an_insert_per_row(
     source_engine: Engine, source_schema: str, make_config
 ) -> None:
-    _table(source_engine, source_schema)
-    config = make_config([f"{source_schema}.t"])
-    capture.install(source_engine, config)
+    config = _captured_table(source_engine, source_schema, make_config)
     with source_engine.begin() as conn:
         conn.execute(text(f"INSERT INTO \"{source_schema}\".t VALUES (1, 'x', 1), (2, 'x', 2)"))
     with source_engine.begin() as conn:
