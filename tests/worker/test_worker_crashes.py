@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
+from typing import IO
 
 import pytest
 
@@ -120,13 +122,28 @@ def _worker_process(p: Pipeline, metrics_port: int = 0) -> subprocess.Popen[byte
         "--linger-ms",
         "50",
     ]
-    return subprocess.Popen(
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (read back by _stopped_cleanly)
+    proc = subprocess.Popen(
         [*args, "--metrics-port", str(metrics_port)],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=str(REPO),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )
+    _LOGS[proc.pid] = log
+    return proc
+
+
+_LOGS: dict[int, IO[bytes]] = {}  # worker pid -> its stderr
+
+
+def _stopped_cleanly(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM ``proc`` and assert it exits 0, with the end of its log as the evidence."""
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    log = _LOGS.pop(proc.pid)
+    log.seek(0)
+    assert code == 0, log.read().decode(errors="replace")[-3000:]
 
 
 def _relay_in_background(p: Pipeline) -> tuple[threading.Thread, threading.Event]:
@@ -170,8 +187,7 @@ def test_two_workers_rebalancing_under_load_reach_the_exact_state(merge_pipeline
     second = _worker_process(p, second_port)  # joins the group: partitions move under load
     _wait_serving(second_port)
     time.sleep(2)
-    first.send_signal(signal.SIGTERM)  # leaves the group: another rebalance
-    assert first.wait(timeout=60) == 0
+    _stopped_cleanly(first)  # leaves the group: another rebalance
     writer.join()
     stop_relay.set()
     relay.join()
@@ -184,6 +200,5 @@ def test_two_workers_rebalancing_under_load_reach_the_exact_state(merge_pipeline
     ) != expected and time.monotonic() < deadline:
         time.sleep(0.5)
     _wait_serving(second_port)
-    second.send_signal(signal.SIGTERM)
-    assert second.wait(timeout=60) == 0
+    _stopped_cleanly(second)
     _assert_exact(p)
