@@ -246,7 +246,9 @@ class Consumer:
             }
             self._consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
             return True
-        except kafka.errors.CommitFailedError:
+        except (kafka.errors.CommitFailedError, kafka.errors.RebalanceInProgressError):
+            # RebalanceInProgressError: this member's rejoin is still in flight (a poll
+            # returned mid-join); the offsets are not committed, the group redelivers them
             return False
         except kafka.errors.KafkaError as exc:
             if is_retriable(exc):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from dualwrite.kafka_io import Consumer, Producer, ensure_topic, probe_cluster
@@ -80,3 +83,59 @@ def test_per_key_order_is_preserved_within_a_partition(services: Services, topic
         per_key.setdefault(m.key, []).append(int(m.value or b"0"))
     assert len(messages) == 300
     assert all(values == sorted(values) for values in per_key.values())
+
+
+def _poll_in_background(consumer: Consumer, until: threading.Event) -> threading.Thread:
+    def poll() -> None:
+        while not until.is_set():
+            consumer.poll(timeout_ms=200)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    return thread
+
+
+def test_a_commit_during_a_rebalance_reports_false_and_a_later_commit_lands(
+    services: Services, topic: str
+) -> None:
+    """The window a CI run caught: a member whose poll returned with its rejoin still in
+    flight commits the batch it applied. kafka-python refuses the commit with
+    RebalanceInProgressError; ``commit`` must report False (the worker logs it and goes on:
+    the records are redelivered and replayed, a no-op), not raise (the worker exited 2)."""
+    servers = [services.kafka_bootstrap]
+    ensure_topic(servers, topic, partitions=2)
+    group = f"{topic}.g"
+    member, idle = Consumer(servers, group, [topic]), Consumer(servers, group, [topic])
+    joined = threading.Event()
+    joining = _poll_in_background(member, joined)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (
+        idle._consumer.assignment() and member._consumer.assignment()
+    ):
+        idle.poll(timeout_ms=200)
+    joined.set()
+    joining.join()
+    assert member._consumer.assignment() and idle._consumer.assignment()
+    # a third member joins; ``idle`` stops polling, so the rebalance waits for it and
+    # ``member``'s rejoin stays in flight between its polls
+    newcomer = Consumer(servers, group, [topic])
+    done = threading.Event()
+    newcomer_polls = _poll_in_background(newcomer, done)
+    answers: list[bool] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and False not in answers:
+        member.poll(timeout_ms=100)
+        answers.append(member.commit({(topic, 0): 0}))
+    assert False in answers, "the rebalance never reached the committing member"
+    idle.close()  # leaves: the rebalance completes without it
+    landed = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not landed:
+        member.poll(timeout_ms=100)
+        landed = member.commit({(topic, 0): 3})
+    assert landed, "no commit landed after the rebalance completed"
+    assert member.committed(topic, 0) == 3
+    done.set()
+    newcomer_polls.join()
+    member.close()
+    newcomer.close()

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import IO
 
 import pytest
@@ -131,10 +132,40 @@ def _worker_process(p: Pipeline, metrics_port: int = 0) -> subprocess.Popen[byte
         stderr=log,
     )
     _LOGS[proc.pid] = log
+    _PROCS.append(proc)
     return proc
 
 
 _LOGS: dict[int, IO[bytes]] = {}  # worker pid -> its stderr
+_PROCS: list[subprocess.Popen[bytes]] = []  # every worker a test started
+_THREADS: list[tuple[threading.Thread, threading.Event | None]] = []  # (thread, its stop)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_outlives_the_test() -> Iterator[None]:
+    """A failed assertion must not leave a worker or the relay running against the schemas
+    the pipeline fixture drops (their errors would be reported against the next tests)."""
+    yield
+    for proc in _PROCS:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for thread, stop in _THREADS:
+        if stop is not None:
+            stop.set()
+        thread.join()
+    for log in _LOGS.values():
+        log.close()
+    _PROCS.clear()
+    _THREADS.clear()
+    _LOGS.clear()
+
+
+def _writer_in_background(p: Pipeline, seconds: float, seed: int) -> threading.Thread:
+    thread = threading.Thread(target=_write_load, args=(p, seconds, seed))
+    thread.start()
+    _THREADS.append((thread, None))
+    return thread
 
 
 def _stopped_cleanly(proc: subprocess.Popen[bytes]) -> None:
@@ -150,14 +181,14 @@ def _relay_in_background(p: Pipeline) -> tuple[threading.Thread, threading.Event
     stop = threading.Event()
     thread = threading.Thread(target=run_relay, args=(p.source, p.config), kwargs={"stop": stop})
     thread.start()
+    _THREADS.append((thread, stop))
     return thread, stop
 
 
 def test_sigkilled_worker_restarts_to_an_exact_state(merge_pipeline: Pipeline) -> None:
     p = merge_pipeline
     relay, stop_relay = _relay_in_background(p)
-    writer = threading.Thread(target=_write_load, args=(p, 8, 1))
-    writer.start()
+    writer = _writer_in_background(p, 8, 1)
     kills = 0
     rng = random.Random(2)
     while writer.is_alive():
@@ -178,8 +209,7 @@ def test_sigkilled_worker_restarts_to_an_exact_state(merge_pipeline: Pipeline) -
 def test_two_workers_rebalancing_under_load_reach_the_exact_state(merge_pipeline: Pipeline) -> None:
     p = merge_pipeline
     relay, stop_relay = _relay_in_background(p)
-    writer = threading.Thread(target=_write_load, args=(p, 8, 3))
-    writer.start()
+    writer = _writer_in_background(p, 8, 3)
     first_port, second_port = _free_port(), _free_port()
     first = _worker_process(p, first_port)
     _wait_serving(first_port)
