@@ -22,6 +22,10 @@
    digest) with the transform of every source row read by a plain ``SELECT`` (computed once
    per table size, not through the backfill's read path), and the backfill must have left
    no bookkeeping row for it (a single-owner target, ``docs/backfill.md``);
+3b. with ``--floor-shards N ...``, every round: the Python floor (``python_floor``): the same
+   source rows read by N forked processes with psycopg's own types, each row passed to the
+   shop's ``order()`` directly and written with binary COPY into a fresh table, nothing else:
+   what any backfill running this Python transform on this machine pays at least;
 4. phases: one pass of the backfill's own chunk queries over the table, without applying,
    timing the SELECT, the row fetch, ``parse_json``, ``_decode_row`` and the transforms per
    chunk;
@@ -581,6 +585,103 @@ def _half_rate(marks: Sequence[tuple[float, int]], *, first: bool) -> float:
     return (rb - ra) / (tb - ta) if tb > ta else float("nan")
 
 
+# --- the floor of any backfill running this Python transform --------------------------------
+
+
+def _floor_part(src_url: str, tgt_url: str, table: str, lo: int, hi: int, chunk: int) -> int:
+    """One process's share of the floor: source rows ``lo..hi`` read with psycopg's own
+    (binary) types through a server-side cursor, each passed as a dict to the shop's
+    ``order()`` (the user's function, called directly: no registry, no TargetOp), what it
+    returns written with binary ``write_row`` into one COPY; no version guard, no
+    bookkeeping, no progress row, one commit. Returns the rows written."""
+    function = load_transforms(load_migration(MIGRATION)).sources[SOURCE_TABLE].function
+    written = 0
+    with (
+        connect(src_url) as src,
+        connect(tgt_url) as dst,
+        src.cursor("bench_floor", binary=True) as cur,
+        dst.cursor() as out,
+        out.copy(f"COPY public.{table} ({RAW_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        copy.set_types(RAW_TYPES)
+        cur.itersize = chunk
+        cur.execute(
+            "SELECT id, customer_id, amount_cents, currency, status, placed_at "
+            "FROM legacy.orders WHERE id BETWEEN %s AND %s ORDER BY id",
+            (lo, hi),
+        )
+        names = [d.name for d in cur.description or ()]
+        write = copy.write_row
+        for values in cur:
+            produced = function(dict(zip(names, values, strict=True)))
+            for row in produced.values() if produced else ():
+                write(
+                    (
+                        row["id"],
+                        row["customer_id"],
+                        row["amount"],
+                        row["currency"],
+                        row["status"],
+                        row["placed_at"],
+                    )
+                )
+                written += 1
+    return written
+
+
+def python_floor(
+    src_url: str, tgt_url: str, shards: int, chunk: int, expected: Expected
+) -> dict[str, Any]:
+    """The fastest a backfill that runs the shop's Python transform could go here: the source
+    split by id into ``shards`` processes running :func:`_floor_part` at once (forked),
+    writing into a fresh table shaped like shop.orders. Every design choice of dualwrite's
+    backfill (JSON row images, decoding, the registry, the guard, progress) is left out; what
+    is left is the driver's reading and COPY encoding and the user's function, per row."""
+    import multiprocessing
+
+    table = f"bench_bf_floor_{uuid.uuid4().hex[:8]}"
+    with connect(src_url) as conn:
+        bounds = conn.execute("SELECT min(id), max(id) FROM legacy.orders").fetchone()
+    assert bounds is not None
+    first, last = int(bounds[0]), int(bounds[1])
+    edges = [first + (last - first + 1) * k // shards for k in range(shards + 1)]
+    with connect(tgt_url) as conn:
+        conn.execute(f"CREATE TABLE public.{table} (LIKE shop.orders INCLUDING ALL)")
+        conn.commit()
+        try_checkpoint(conn)
+        try:
+            pg0 = services_cpu_s(PIDS).get("postgres", 0.0)
+            t0 = time.perf_counter()
+            with multiprocessing.get_context("fork").Pool(shards) as pool:
+                parts = [
+                    pool.apply_async(
+                        _floor_part, (src_url, tgt_url, table, edges[k], edges[k + 1] - 1, chunk)
+                    )
+                    for k in range(shards)
+                ]
+                written = sum(part.get() for part in parts)
+            seconds = time.perf_counter() - t0
+            pg_cpu = services_cpu_s(PIDS).get("postgres", 0.0) - pg0
+            count = conn.execute(f"SELECT count(*) FROM public.{table}").fetchone()
+            assert count is not None and count[0] == written == expected.rows, (
+                count,
+                written,
+                expected.rows,
+            )
+        finally:
+            conn.rollback()
+            conn.execute(f"DROP TABLE IF EXISTS public.{table}")
+            conn.commit()
+    return {
+        "shards": shards,
+        "source_rows": expected.source_rows,
+        "rows_written": written,
+        "seconds": round(seconds, 2),
+        "per_s": round(expected.source_rows / seconds, 1),
+        "pg_cpu_s": round(pg_cpu, 2),
+    }
+
+
 # --- phases of the read side (no apply) ------------------------------------------------------
 
 
@@ -1051,6 +1152,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--micro-rows", type=int, default=20_000, help="rows of the micro part (0: skip)"
     )
+    p.add_argument(
+        "--floor-shards",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also measure the Python floor (no dualwrite: read, the shop's order(), COPY)\n"
+        "with each of these numbers of processes, every round (e.g. 1 2)",
+    )
     p.add_argument("--drop-existing", action="store_true", help="drop legacy/shop schemas first")
     p.add_argument("--keep", action="store_true", help="keep the schemas at the end")
     p.add_argument("--json", action="store_true", help="also print one JSON line")
@@ -1094,6 +1203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["code"] = code_state()
     raw_runs: list[dict[str, Any]] = []
     backfills: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     try:
         info["fill"] = fill(src_url, tgt_url, source, target, args)
@@ -1126,6 +1236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"backfill chunk_rows={chunk} (round {rep + 1}) ...", file=sys.stderr)
                 result = backfill_in_process(src_url, tgt_url, config, chunk, expected)
                 backfills.append({"round": rep + 1, **result})
+                print(f"  {result['per_s']:,.0f} rows/s", file=sys.stderr)
+            for shards in args.floor_shards:
+                print(f"python floor, {shards} process(es) (round {rep + 1}) ...", file=sys.stderr)
+                result = python_floor(src_url, tgt_url, shards, args.chunk_rows[0], expected)
+                floors.append({"round": rep + 1, **result})
                 print(f"  {result['per_s']:,.0f} rows/s", file=sys.stderr)
         for method in methods[:2]:
             print(f"raw {method} (after) ...", file=sys.stderr)
@@ -1170,6 +1285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["total_s"] = round(time.perf_counter() - t_start, 1)
     info["raw"] = raw_runs
     info["backfill"] = backfills
+    info["python_floor"] = floors
     report(info, args)
     return 0
 
@@ -1239,6 +1355,23 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
             for b in backfills
         ],
     )
+    if info.get("python_floor"):
+        print_table(
+            "Python floor: read + the shop's order() + binary COPY, no dualwrite (source rows/s)",
+            ["processes", "round", "rows", "seconds", "rows/s", "vs best COPY", "PG CPU s"],
+            [
+                (
+                    f["shards"],
+                    str(f["round"]),
+                    f["source_rows"],
+                    f["seconds"],
+                    f["per_s"],
+                    f"{f['per_s'] / copy_best:.1%}",
+                    f["pg_cpu_s"],
+                )
+                for f in info["python_floor"]
+            ],
+        )
     print_table(
         "Backfill time by Applier method (chunk-level timers, seconds)",
         ["chunk", "round", *backfills[0]["phases"].keys()] if backfills else ["-"],

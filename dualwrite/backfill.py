@@ -40,7 +40,7 @@ from dualwrite.capture._ddl import TableShape
 from dualwrite.config import MigrationConfig, TableConfig
 from dualwrite.envelope import EnvelopeError, RowDecoder, parse_json
 from dualwrite.errors import DualwriteError
-from dualwrite.snapshot import chunk_queries, connect, source_shape
+from dualwrite.snapshot import chunk_queries, connect, source_shape, typed_chunks
 from dualwrite.transform import TargetOp, Transforms
 
 __all__ = ["BackfillError", "BackfillProgress", "BackfillSettings", "TableBackfill", "run_backfill"]
@@ -352,34 +352,41 @@ class _ChunkReader:
 
     def _read_all(self) -> None:
         settings, src, label = self._settings, self._src, str(self._shape.source)
-        query_first, query_next = chunk_queries(
-            self._shape, settings.chunk_rows, settings.shard, settings.shards
-        )
+        typed = typed_chunks(self._shape, settings.chunk_rows, settings.shard, settings.shards)
+        images = chunk_queries(self._shape, settings.chunk_rows, settings.shard, settings.shards)
         decode = RowDecoder(self._shape.types)
         key_columns = self._shape.key
         transform = self._transforms.apply
         while not self._stop.is_set() and not self._closed.is_set():
             _wait_until_quiet(src, settings, self._stop)
             t_chunk = time.monotonic()
-            if self._last_key is None:
-                fetched = src.execute(query_first).fetchall()
-            else:
-                fetched = src.execute(query_next, (self._last_key,)).fetchall()
+            params = None if self._last_key is None else (self._last_key,)
+            from_images = False
+            try:
+                query = typed.first if params is None else typed.following
+                fetched = src.execute(query, params, binary=True).fetchall()
+            except psycopg.DataError:
+                # a value psycopg cannot load (an infinite date, a year past 9999): this chunk
+                # is read again as row images, whose decoders keep such values as text
+                src.rollback()
+                from_images = True
+                fetched = src.execute(images[0] if params is None else images[1], params).fetchall()
             src.commit()
             if not fetched:
                 self._put(None)
                 return
             ops: list[TargetOp] = []
-            for key_text, image in fetched:
+            for row in fetched:
                 try:
-                    record = decode(parse_json(image))
+                    record = decode(parse_json(row[1])) if from_images else typed.record(row)
                 except (EnvelopeError, ValueError) as exc:
+                    key_text = row[0] if from_images else row[-1]
                     raise BackfillError(
                         f"{label}: row {key_text} cannot be decoded: {exc}"
                     ) from None
                 key = {c: record[c] for c in key_columns}
                 ops.extend(transform(label, "read", key, record, 0))
-            self._last_key = fetched[-1][0]
+            self._last_key = fetched[-1][0] if from_images else fetched[-1][-1]
             self._put(_Chunk(len(fetched), self._last_key, ops))
             if settings.max_rows_per_s:
                 budget = len(fetched) / settings.max_rows_per_s

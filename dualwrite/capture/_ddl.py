@@ -140,15 +140,16 @@ def message_key(shape: TableShape, alias: str) -> sql.Composable:
 
 
 def row_image(shape: TableShape, alias: str) -> sql.Composable:
-    """``row_to_json(alias)``, with json columns carried as their exact text."""
-    ref = sql.Identifier(alias)
+    """``row_to_json(alias.*)``, with json columns carried as their exact text. ``alias.*``,
+    not ``alias``: a column named like the alias would be taken for the row."""
+    ref = sql.SQL("{}.*").format(sql.Identifier(alias))
     if not shape.json_columns:
         return sql.SQL("pg_catalog.row_to_json({})").format(ref)
     # The text comes from the column itself: json_each would drop surrounding whitespace.
     cases = sql.SQL(" ").join(
         sql.SQL(
             "WHEN e.k OPERATOR(pg_catalog.=) {} THEN pg_catalog.to_json({}.{}::pg_catalog.text)"
-        ).format(sql.Literal(c), ref, sql.Identifier(c))
+        ).format(sql.Literal(c), sql.Identifier(alias), sql.Identifier(c))
         for c in shape.json_columns
     )
     return sql.SQL(

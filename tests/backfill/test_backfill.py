@@ -280,3 +280,50 @@ def test_toasted_values_and_nulls_everywhere(
             t.execute(text(query.format(target_schema))).all()
             == s.execute(text(query.format(source_schema))).all()
         )
+
+
+def test_infinite_timestamps_a_column_named_t_and_a_domain_are_copied_exactly(
+    source_engine: Engine,
+    target_engine: Engine,
+    source_schema: str,
+    target_schema: str,
+    make_config,
+) -> None:
+    """The typed read cannot load 'infinity': the chunks holding one are read again as row
+    images (the other chunks stay typed); a column named ``t`` (the reader's table alias)
+    and a domain column are read as themselves."""
+    for engine, schema in ((source_engine, source_schema), (target_engine, target_schema)):
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE DOMAIN "{schema}".positive AS int CHECK (VALUE > 0)'))
+            conn.execute(
+                text(
+                    f'CREATE TABLE "{schema}".odd (id int PRIMARY KEY, t text, '
+                    f'at timestamp, on_day date, n "{schema}".positive)'
+                )
+            )
+    with source_engine.begin() as conn:
+        conn.execute(
+            text(
+                f"INSERT INTO \"{source_schema}\".odd SELECT g, 't' || g, "
+                "CASE WHEN g = 25 THEN 'infinity' WHEN g = 26 THEN '-infinity' "
+                "ELSE timestamp '2024-03-31 02:30' + g * interval '1 hour' END, "
+                "CASE WHEN g = 77 THEN 'infinity'::date ELSE date '2024-01-01' + g END, g "
+                "FROM generate_series(1, 100) g"
+            )
+        )
+    config = make_config([{"source": f"{source_schema}.odd", "target": f"{target_schema}.odd"}])
+    capture.install(source_engine, config)
+    (result,) = run_backfill(
+        source_engine,
+        target_engine,
+        config,
+        load_transforms(config),
+        BackfillSettings(chunk_rows=10),
+    )
+    assert result.rows == 100 and result.done
+    query = 'SELECT id, t, at::text, on_day::text, n FROM "{}".odd ORDER BY id'
+    with source_engine.connect() as s, target_engine.connect() as t:
+        want = s.execute(text(query.format(source_schema))).all()
+        got = t.execute(text(query.format(target_schema))).all()
+    assert got == want
+    assert [r[2] for r in got if r[0] in (25, 26)] == ["infinity", "-infinity"]
