@@ -139,17 +139,25 @@ def berlin_to_utc(value: object) -> dt.datetime | str | None:
         return value
     if not isinstance(value, dt.datetime) or value.tzinfo is not None:
         raise TypeError(f"expected a timestamp without time zone, got {value!r}")
-    hour = value.toordinal() * 24 + value.hour
-    try:
-        offset = _HOUR_OFFSETS[hour]
-    except KeyError:
-        if len(_HOUR_OFFSETS) >= _MAX_HOURS:
-            _HOUR_OFFSETS.clear()
-        offset = _HOUR_OFFSETS[hour] = _hour_offset(
-            value.replace(minute=0, second=0, microsecond=0)
-        )
+    day = value.toordinal()
+    offset = _DAY_OFFSETS.get(day, _UNKNOWN)
+    if offset is _UNKNOWN:
+        if len(_DAY_OFFSETS) >= _MAX_DAYS:
+            _DAY_OFFSETS.clear()
+        offset = _DAY_OFFSETS[day] = _day_offset(day)
+    if offset is None:  # a day with a transition: per hour
+        hour = day * 24 + value.hour
+        try:
+            offset = _HOUR_OFFSETS[hour]
+        except KeyError:
+            if len(_HOUR_OFFSETS) >= _MAX_HOURS:
+                _HOUR_OFFSETS.clear()
+            offset = _HOUR_OFFSETS[hour] = _hour_offset(
+                value.replace(minute=0, second=0, microsecond=0)
+            )
     if offset is None:  # the offset changes inside this hour (no transition of today's rules)
         return _berlin_to_utc_exact(value)
+    assert isinstance(offset, dt.timedelta)
     return (value - offset).replace(tzinfo=dt.UTC)
 
 
@@ -161,10 +169,33 @@ def _berlin_to_utc_exact(value: dt.datetime) -> dt.datetime:
     return earlier.astimezone(dt.UTC)  # ordinary time, or the skipped hour
 
 
-_MAX_HOURS: Final = 1 << 16  # about 7.5 years of distinct hours; then the cache starts over
+_MAX_DAYS: Final = 1 << 16  # about 179 years of distinct days; then the cache starts over
+_DAY_OFFSETS: dict[int, dt.timedelta | None] = {}
+"""Proleptic ordinal of a day -> :func:`_day_offset` of that day. A race between threads can
+only compute an entry twice (both compute the same value)."""
+_UNKNOWN: Final = object()
+
+_MAX_HOURS: Final = 1 << 12  # transition days only: about 170 of them
 _HOUR_OFFSETS: dict[int, dt.timedelta | None] = {}
-"""Hour number (proleptic ordinal * 24 + hour) -> :func:`_hour_offset` of that hour. A race
-between threads can only compute an entry twice (both compute the same value)."""
+"""Hour number (proleptic ordinal * 24 + hour) of a transition day -> :func:`_hour_offset`."""
+
+
+def _day_offset(day: int) -> dt.timedelta | None:
+    """The offset of every wall-clock time of the day ``day`` (a proleptic ordinal) when the
+    zone gives one and the same offset, unambiguous (``fold`` 0 and 1 agree), at the start of
+    each of its hours and at its last microsecond, else None (a transition day). Offsets
+    change on whole hours or inside one, so no change hides between those instants. Data
+    spread over years touches a few thousand days, where a cache per hour (tens of thousands
+    of hours, two exact conversions each) kept missing."""
+    start = dt.datetime.fromordinal(day)
+    instants = [start + dt.timedelta(hours=h) for h in range(24)]
+    instants.append(start + dt.timedelta(days=1, microseconds=-1))
+    offsets = {
+        local.replace(tzinfo=BERLIN, fold=fold).utcoffset() for local in instants for fold in (0, 1)
+    }
+    if len(offsets) == 1:
+        return offsets.pop()
+    return None
 
 
 def _hour_offset(hour: dt.datetime) -> dt.timedelta | None:

@@ -329,11 +329,11 @@ def test_berlin_wall_clock_time_becomes_an_instant(
 
 
 @given(st.datetimes(min_value=dt.datetime(1850, 1, 1), max_value=dt.datetime(2100, 1, 1)))
-def test_the_per_hour_offset_cache_gives_the_exact_conversion(local: dt.datetime) -> None:
+def test_the_offset_caches_give_the_exact_conversion(local: dt.datetime) -> None:
     assert berlin_to_utc(local) == _berlin_to_utc_exact(local)
 
 
-def test_the_per_hour_offset_cache_gives_the_exact_conversion_around_every_transition() -> None:
+def test_the_offset_caches_give_the_exact_conversion_around_every_transition() -> None:
     """Every hour in which Europe/Berlin's offset changes (from the zone's own data) and the
     hours around it, at their first, middle and last microsecond."""
     checked = 0
@@ -352,6 +352,14 @@ def test_the_per_hour_offset_cache_gives_the_exact_conversion_around_every_trans
         previous = current
         hour += dt.timedelta(hours=1)
     assert checked >= 150 * 3 * 7  # two a year since 1980, the war years, 1893 (187 in all)
+
+
+def test_the_per_day_offset_is_exact_at_both_ends_of_every_day_from_1940_to_2040() -> None:
+    day = dt.datetime(1940, 1, 1)  # the war years' double summer time, and today's rules
+    while day < dt.datetime(2040, 1, 1):
+        for local in (day, day + dt.timedelta(days=1, microseconds=-1)):
+            assert berlin_to_utc(local) == _berlin_to_utc_exact(local), local
+        day += dt.timedelta(days=1)
 
 
 def test_an_aware_legacy_timestamp_is_a_transform_error(registry: Transforms) -> None:
