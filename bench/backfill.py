@@ -27,7 +27,7 @@
    shop's ``order()`` directly and written with binary COPY into a fresh table, nothing else:
    what any backfill running this Python transform on this machine pays at least;
 4. phases: one pass of the backfill's own chunk queries over the table, without applying,
-   timing the SELECT, the row fetch, ``parse_json``, ``_decode_row`` and the transforms per
+   timing the SELECT, the row fetch, the records (``TypedChunks.record``) and the transforms per
    chunk;
 5. profile: one ``dualwrite backfill FILE --table legacy.orders --json`` child under
    ``py-spy record --idle`` (wall-clock samples, grouped by what the backfill loop calls);
@@ -785,22 +785,27 @@ def micro(src_url: str, config: MigrationConfig, n: int) -> dict[str, float]:
 
 
 def read_phases(src_url: str, config: MigrationConfig, chunk_rows: int) -> dict[str, Any]:
-    """The backfill's own chunk queries over the whole table, decoding and transforming each
-    chunk without applying it; seconds per phase."""
+    """The backfill's own typed chunk queries over the whole table, each chunk's rows made
+    into records and transformed without applying them; seconds per phase."""
+    from dualwrite.snapshot import source_shape, typed_chunks
+
     transforms = load_transforms(config)
     table = next(t for t in config.tables if str(t.source) == SOURCE_TABLE)
-    totals = dict.fromkeys(
-        ("select", "fetch", "parse_json", "decode_row", "transform", "commit"), 0.0
-    )
+    totals = dict.fromkeys(("select", "fetch", "records", "transform", "commit"), 0.0)
     rows = ops = 0
     with connect(src_url) as conn:
-        shape, (first, following) = shape_and_queries(conn, table, chunk_rows)
-        types, key_cols = shape.types, shape.key
+        shape = source_shape(conn, table)
+        typed = typed_chunks(shape, chunk_rows)
+        key_cols = shape.key
         last: str | None = None
         pc = time.perf_counter
         while True:
             t0 = pc()
-            cur = conn.execute(first) if last is None else conn.execute(following, (last,))
+            cur = (
+                conn.execute(typed.first, binary=True)
+                if last is None
+                else conn.execute(typed.following, (last,), binary=True)
+            )
             t1 = pc()
             fetched = cur.fetchall()
             t2 = pc()
@@ -811,21 +816,18 @@ def read_phases(src_url: str, config: MigrationConfig, chunk_rows: int) -> dict[
             totals["commit"] += t3 - t2
             if not fetched:
                 break
-            docs = [parse_json(image) for _k, image in fetched]
+            records = [typed.record(row) for row in fetched]
             t4 = pc()
-            records = [_decode_row(doc, types) for doc in docs]
-            t5 = pc()
             produced = [
                 transforms.apply(SOURCE_TABLE, "read", {c: r[c] for c in key_cols}, r, 0)
                 for r in records
             ]
-            t6 = pc()
-            totals["parse_json"] += t4 - t3
-            totals["decode_row"] += t5 - t4
-            totals["transform"] += t6 - t5
+            t5 = pc()
+            totals["records"] += t4 - t3
+            totals["transform"] += t5 - t4
             rows += len(fetched)
             ops += sum(len(p) for p in produced)
-            last = fetched[-1][0]
+            last = fetched[-1][-1]
     total = sum(totals.values())
     return {
         "chunk_rows": chunk_rows,
@@ -1007,9 +1009,11 @@ def classify_reader(frames: list[str], index: int) -> str:
     if "fetchall" in " ".join(names):
         return "reader: rows -> Python tuples (psycopg fetchall)"
     if child == "execute" or child.endswith("Connection.execute") or child.endswith("commit"):
-        return "reader: chunk SELECT / COMMIT (server: index scan + row_to_json; wire)"
+        return "reader: chunk SELECT / COMMIT (server: index scan, typed values; wire)"
+    if child.endswith("TypedChunks.record") or child == "record":
+        return "reader: row tuple -> record dict (snapshot.TypedChunks.record)"
     if "parse_json" in names:
-        return "reader: decode JSON (envelope.parse_json)"
+        return "reader: decode JSON (envelope.parse_json: non-typed columns, image chunks)"
     if child.endswith("RowDecoder.__call__") or "_decode_row" in names:
         return "reader: decode typed values (envelope.RowDecoder)"
     if child.endswith("Transforms.apply") or child == "apply":
