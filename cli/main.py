@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 import traceback
+from typing import Any
 
 import click
 
@@ -94,7 +95,7 @@ def _unreachable_database(exc: BaseException) -> str | None:
     psycopg is looked up, not imported: if it is not loaded, this error is not its.
     """
     psycopg = sys.modules.get("psycopg")
-    cause = getattr(exc, "orig", None) or exc
+    cause: Any = getattr(exc, "orig", None) or exc
     if psycopg is None or type(cause) is not psycopg.OperationalError or cause.sqlstate:
         return None
     detail = " ".join(str(cause).split())
