@@ -206,3 +206,25 @@ def test_readiness_with_a_bad_migration_file_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["readiness", str(bad)])
     assert result.exit_code == 2
     assert "source" in result.output
+
+
+def test_status_shows_state_lag_backfill_and_last_reconcile(
+    ready_pipeline: Pipeline,
+) -> None:
+    p = ready_pipeline
+    result = CliRunner().invoke(cli, ["status", p.config.path])
+    assert result.exit_code == 0, result.output
+    assert f"migration {p.config.name}: state new" in result.output
+    assert "total consumer lag 0 event(s)" in result.output
+    # a source with nothing pending is caught up, however long ago its last change was
+    assert f"{p.src}.person: applied up to version" in result.output
+    assert "caught up (its last change was made" in result.output
+    assert "end-to-end lag" not in result.output
+    assert f"backfill {p.src}.person: 50 rows, finished" in result.output
+    assert "last reconcile: clean" in result.output
+
+    p.source_sql("UPDATE {s}.person SET name = 'later' WHERE id = 3")
+    run_relay(p.source, p.config, until_idle=True, stop=threading.Event())
+    pending = CliRunner().invoke(cli, ["status", p.config.path])
+    assert "total consumer lag 1 event(s)" in pending.output
+    assert "end-to-end lag at most" in pending.output
