@@ -199,6 +199,25 @@ def test_not_ready_report_exits_1_and_renders_each_failure(
     assert "NOT READY" in page and page.count(">FAIL</span>") == len(report.failed)
     assert readiness_json(report)["ready"] is False
 
+    # the other formats, on stdout and to files, carry the same verdict, evidence and remedies
+    md_path = tmp_path / "r.md"
+    markdown = CliRunner().invoke(
+        cli, ["readiness", p.config.path, "--format", "markdown", "--markdown", str(md_path)]
+    )
+    assert markdown.exit_code == 1
+    assert f"**{p.config.name}: NOT READY:" in markdown.stdout
+    backfill = next(g for g in doc["gates"] if g["name"] == "backfill")
+    row = f"| Backfill complete | **FAIL** | {backfill['summary']} | {backfill['remedy']} |"
+    assert row in markdown.stdout and row in md_path.read_text()
+    assert "### Backfill complete" in markdown.stdout and '"tables"' in markdown.stdout
+    html = CliRunner().invoke(cli, ["readiness", p.config.path, "--format", "html"])
+    assert html.exit_code == 1 and html.stdout.startswith("<!DOCTYPE html>")
+    assert 'id="gate-backfill"' in html.stdout and "<script" not in html.stdout
+    text = CliRunner().invoke(cli, ["readiness", p.config.path])
+    assert text.exit_code == 1
+    assert f"FAIL  Backfill complete: {backfill['summary']}" in text.stdout
+    assert f"what to do: {backfill['remedy']}" in text.stdout
+
 
 def test_readiness_with_a_bad_migration_file_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "m.toml"
