@@ -372,6 +372,8 @@ def reverse_path_gate(config: MigrationConfig, target: Engine) -> Gate:
         summary = f"reverse capture not installed on: {', '.join(off)}"
     elif rt is None:
         summary = "no round-trip check of the inverse transforms recorded"
+    elif rt.detail.get("sample") == 0:
+        summary = "the last round-trip check sampled no row (--sample 0): nothing was checked"
     elif not rt.ok:
         summary = (
             f"the last round-trip check ({rt.checked_at:%Y-%m-%d %H:%M:%S} UTC) failed on "
@@ -385,7 +387,7 @@ def reverse_path_gate(config: MigrationConfig, target: Engine) -> Gate:
     return Gate(
         "reverse_path",
         "Rollback path ready",
-        not off and rt is not None and rt.ok,
+        not off and rt is not None and rt.ok and rt.detail.get("sample") != 0,
         summary,
         evidence,
         remedy,

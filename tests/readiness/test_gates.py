@@ -172,6 +172,10 @@ def test_reverse_path_gate_needs_reverse_capture_and_a_passing_round_trip(shop: 
     p = shop
     gate = _gate(p, "reverse_path")
     assert not gate.passed and "no round-trip check" in gate.summary
+    nothing = round_trip_check(p.config, 0, source=p.source, target=p.target)
+    record_round_trip(p.config, nothing, target=p.target)
+    gate = _gate(p, "reverse_path")
+    assert not gate.passed and "sampled no row" in gate.summary
     checked = round_trip_check(p.config, 100, source=p.source, target=p.target)
     record_round_trip(p.config, checked, target=p.target)
     gate = _gate(p, "reverse_path")
