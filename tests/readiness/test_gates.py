@@ -251,3 +251,19 @@ def test_status_shows_state_lag_backfill_and_last_reconcile(
     pending = CliRunner().invoke(cli, ["status", p.config.path])
     assert "total consumer lag 1 event(s)" in pending.output
     assert "end-to-end lag at most" in pending.output
+
+
+@pytest.mark.parametrize("option", ["--html", "--markdown", "--json-file"])
+def test_a_report_path_that_cannot_be_written_is_refused_before_any_gate_runs(
+    option: str, tmp_path: Path, migration_text: str
+) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text(migration_text)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(cli, ["readiness", str(path), option, str(blocker / "r.out")])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for {option}: cannot create {blocker}" in result.output
+    assert "Traceback" not in result.output
+    taken = CliRunner().invoke(cli, ["readiness", str(path), option, str(tmp_path)])
+    assert taken.exit_code == 2 and "is a directory" in taken.output
