@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,21 @@ from reconcile import (
 )
 
 migration_arg = click.argument("migration_file", type=click.Path(dir_okay=False))
+
+
+def _writable(path: Path | None, option: str) -> None:
+    """Refuse a report path that cannot be written before the gates are evaluated (they take
+    a while), rather than fail after them and lose the report."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot create {path.parent}: {exc.strerror}", param_hint=option
+        ) from None
+    if not os.access(path.parent, os.W_OK):
+        raise click.BadParameter(f"cannot write {path}", param_hint=option)
 
 
 def _write(path: Path, text: str) -> None:
@@ -64,6 +80,12 @@ def readiness_command(
     Each gate shows its evidence and, when it fails, what to do. Thresholds come from the
     migration file's [thresholds].
     """
+    for path, option in (
+        (html_path, "--html"),
+        (md_path, "--markdown"),
+        (json_path, "--json-file"),
+    ):
+        _writable(path, option)
     config = load_direction(migration_file, False)
     source, target = make_engine(config.source), make_engine(config.target)
     try:

@@ -185,9 +185,14 @@ def status_command(migration_file: str, as_json: bool, reverse: bool) -> None:
     out.print(f"total consumer lag {st.total_lag} event(s)")
     for s in st.sources:
         age = "-" if s.lag_s is None else f"{s.lag_s:.1f}s"
-        out.print(
-            f"{s.source}: applied up to version {s.version}, end-to-end lag {age}", markup=False
+        # with nothing pending a quiet source is caught up, however old its last change;
+        # with events pending, their lag is at most the age of the last applied change
+        lag = (
+            f"caught up (its last change was made {age} ago)"
+            if st.total_lag == 0
+            else f"end-to-end lag at most {age}"
         )
+        out.print(f"{s.source}: applied up to version {s.version}, {lag}", markup=False)
     out.print(f"quarantined keys: {st.quarantined}")
     for table, t in backfill.evidence.get("tables", {}).items():
         done = f"finished {t['finished_at']}" if t["finished_at"] else "not finished"

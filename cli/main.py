@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 import traceback
+from typing import Any
 
 import click
 
@@ -74,10 +75,33 @@ class _Group(click.Group):
             err.print(str(exc), markup=False)
             sys.exit(EXIT_ERROR)
         except Exception as exc:
+            unreachable = _unreachable_database(exc)
+            if unreachable is not None:
+                err.print("[bold red]error:[/]", end=" ")
+                err.print(unreachable, markup=False)
+                sys.exit(EXIT_ERROR)
             err.print(redact_text(traceback.format_exc()), markup=False)
             err.print("[bold red]unexpected error:[/]", end=" ")
             err.print(redact_text(f"{type(exc).__name__}: {exc}".strip()), markup=False)
             sys.exit(EXIT_ERROR)
+
+
+def _unreachable_database(exc: BaseException) -> str | None:
+    """The message for a database that could not be connected to, or None for anything else.
+
+    psycopg raises its bare ``OperationalError`` (no SQLSTATE: the server never answered)
+    when a connection cannot be made or is lost; SQLAlchemy wraps it. Errors the server did
+    answer (a deadlock, a bad query) have a SQLSTATE and stay unexpected, with traceback.
+    psycopg is looked up, not imported: if it is not loaded, this error is not its.
+    """
+    psycopg = sys.modules.get("psycopg")
+    cause: Any = getattr(exc, "orig", None) or exc
+    if psycopg is None or type(cause) is not psycopg.OperationalError or cause.sqlstate:
+        return None
+    detail = " ".join(str(cause).split())
+    return redact_text(
+        f"cannot reach PostgreSQL: {detail} (`dualwrite config check FILE` checks each service)"
+    )
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

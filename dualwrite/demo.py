@@ -20,10 +20,11 @@ import contextlib
 import datetime as dt
 import importlib
 import json
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from dualwrite.state import Check, transition
 from dualwrite.transform import Transforms, load_transforms
 from dualwrite.worker import run_worker
 
-__all__ = ["DemoError", "DemoResult", "DemoSettings", "run_demo"]
+__all__ = ["DemoError", "DemoResult", "DemoSettings", "external_services", "run_demo"]
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_SCHEMA = "demo_legacy"
@@ -79,7 +80,7 @@ class DemoResult:
 Say = Callable[[str], None]
 
 
-def _migration_toml(name: str, prefix: str, urls: dict[str, str], tables: str) -> str:
+def _migration_toml(name: str, prefix: str, urls: Mapping[str, str], tables: str) -> str:
     src, tgt = SOURCE_SCHEMA, TARGET_SCHEMA
     return f"""# Written by `dualwrite demo`: the shop example in schemas {src} -> {tgt}.
 name = "{name}"
@@ -197,16 +198,36 @@ def run_demo(settings: DemoSettings, say: Say = print) -> DemoResult:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     stack = DevStackSettings.from_env()
-    started = up(stack, lambda m: say(f"   {m}")).started
+    urls = external_services(stack)
+    if urls:
+        say("== services from DUALWRITE_SOURCE_URL, _TARGET_URL, _KAFKA_BOOTSTRAP")
+        started: tuple[str, ...] = ()
+    else:
+        urls = stack.service_env()
+        started = tuple(up(stack, lambda m: say(f"   {m}")).started)
     try:
-        return _run(settings, stack, say)
+        return _run(settings, urls, say)
     finally:
         if started:
             say(f"== stopping what the demo started: {', '.join(started)}")
-            down(stack, progress=lambda m: say(f"   {m}"))
+            down(stack, progress=lambda m: say(f"   {m}"), only=started)
 
 
-def _run(settings: DemoSettings, stack: DevStackSettings, say: Say) -> DemoResult:
+def external_services(
+    stack: DevStackSettings, env: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
+    """The services named by ``DUALWRITE_SOURCE_URL``, ``_TARGET_URL`` and
+    ``_KAFKA_BOOTSTRAP`` when all three are set and are not the local stack's (docker
+    compose, CI services, a stack on other ports); None means: use the local stack."""
+    env = os.environ if env is None else env
+    local = stack.service_env()
+    given = {name: env.get(name, "") for name in local}
+    if not all(given.values()) or given == local:
+        return None
+    return given
+
+
+def _run(settings: DemoSettings, urls: Mapping[str, str], say: Say) -> DemoResult:
     workload = importlib.import_module("examples.shop.workload")
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
     name = f"demo-{run_id}"
@@ -217,7 +238,7 @@ def _run(settings: DemoSettings, stack: DevStackSettings, say: Say) -> DemoResul
         _migration_toml(
             name,
             f"dualwrite.demo.{run_id}",
-            stack.service_env(),
+            urls,
             workload.tables_toml(SOURCE_SCHEMA, TARGET_SCHEMA),
         )
     )

@@ -44,6 +44,7 @@ class _Spill:
         self._dir = directory
         self._memory: dict[tuple[str, str, int], list[Any]] = defaultdict(list)
         self._files: dict[tuple[str, str, int], Path] = {}
+        self._created = 0  # names files; never reused, though take() forgets taken files
 
     def part(self, key: str) -> int:
         return hash(key) % self.partitions if self.partitions > 1 else 0
@@ -55,7 +56,8 @@ class _Spill:
                 continue
             path = self._files.get(where)
             if path is None:
-                path = self._dir / f"{len(self._files)}.pickle"
+                path = self._dir / f"{self._created}.pickle"
+                self._created += 1
                 self._files[where] = path
             with path.open("ab") as fh:
                 pickle.dump(rows, fh, protocol=pickle.HIGHEST_PROTOCOL)

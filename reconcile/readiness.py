@@ -9,8 +9,8 @@ Gates (thresholds from the migration file's ``[thresholds]``):
 - ``relay_lag``: the capture changelog holds no change older than ``max_lag_s``.
 - ``worker_lag``: the worker group has committed on every partition and its end-to-end lag
   is under ``max_lag_s`` (nothing pending counts as zero lag, however quiet the source is).
-- ``dead_letters``: no key is quarantined and at most ``max_dead_letters`` dead letters are
-  unresolved (a re-driven letter stays on the topic as history but is resolved).
+- ``dead_letters``: at most ``max_dead_letters`` (default 0: none) keys are quarantined and
+  dead letters unresolved (a re-driven letter stays on the topic as history but is resolved).
 - ``reconcile``: the newest reconcile run of this migration is clean and younger than
   ``max_reconcile_age_s``.
 - ``reverse_path``: capture is installed on the new tables for the rollback direction and the
@@ -372,6 +372,8 @@ def reverse_path_gate(config: MigrationConfig, target: Engine) -> Gate:
         summary = f"reverse capture not installed on: {', '.join(off)}"
     elif rt is None:
         summary = "no round-trip check of the inverse transforms recorded"
+    elif rt.detail.get("sample") == 0:
+        summary = "the last round-trip check sampled no row (--sample 0): nothing was checked"
     elif not rt.ok:
         summary = (
             f"the last round-trip check ({rt.checked_at:%Y-%m-%d %H:%M:%S} UTC) failed on "
@@ -385,7 +387,7 @@ def reverse_path_gate(config: MigrationConfig, target: Engine) -> Gate:
     return Gate(
         "reverse_path",
         "Rollback path ready",
-        not off and rt is not None and rt.ok,
+        not off and rt is not None and rt.ok and rt.detail.get("sample") != 0,
         summary,
         evidence,
         remedy,

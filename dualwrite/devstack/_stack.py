@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
@@ -91,24 +91,30 @@ def up(settings: DevStackSettings, progress: Progress | None = None) -> StackSta
 
 
 def down(
-    settings: DevStackSettings, wipe: bool = False, progress: Progress | None = None
+    settings: DevStackSettings,
+    wipe: bool = False,
+    progress: Progress | None = None,
+    only: Collection[str] | None = None,
 ) -> tuple[str, ...]:
     """Stop exactly the services whose pid files ``up`` wrote; return the names stopped.
 
+    ``only`` limits it to those services (``up(...).started``: what one caller started).
     With ``wipe`` also delete their data (the Maven cache is kept).
     """
     say = progress or (lambda _msg: None)
     stopped: list[str] = []
     kafka, pg = LocalKafka(settings), LocalPostgres(settings)
-    if kafka.stop():
+    if (only is None or "kafka" in only) and kafka.stop():
         stopped.append("kafka")
         say("kafka: stopped")
-    if pg.stop():
+    if (only is None or "postgres" in only) and pg.stop():
         stopped.append("postgres")
         say("postgres: stopped")
     if wipe:
-        kafka.wipe()
-        pg.wipe()
+        if only is None or "kafka" in only:
+            kafka.wipe()
+        if only is None or "postgres" in only:
+            pg.wipe()
         say("data deleted")
     return tuple(stopped)
 

@@ -172,6 +172,10 @@ def test_reverse_path_gate_needs_reverse_capture_and_a_passing_round_trip(shop: 
     p = shop
     gate = _gate(p, "reverse_path")
     assert not gate.passed and "no round-trip check" in gate.summary
+    nothing = round_trip_check(p.config, 0, source=p.source, target=p.target)
+    record_round_trip(p.config, nothing, target=p.target)
+    gate = _gate(p, "reverse_path")
+    assert not gate.passed and "sampled no row" in gate.summary
     checked = round_trip_check(p.config, 100, source=p.source, target=p.target)
     record_round_trip(p.config, checked, target=p.target)
     gate = _gate(p, "reverse_path")
@@ -199,6 +203,25 @@ def test_not_ready_report_exits_1_and_renders_each_failure(
     assert "NOT READY" in page and page.count(">FAIL</span>") == len(report.failed)
     assert readiness_json(report)["ready"] is False
 
+    # the other formats, on stdout and to files, carry the same verdict, evidence and remedies
+    md_path = tmp_path / "r.md"
+    markdown = CliRunner().invoke(
+        cli, ["readiness", p.config.path, "--format", "markdown", "--markdown", str(md_path)]
+    )
+    assert markdown.exit_code == 1
+    assert f"**{p.config.name}: NOT READY:" in markdown.stdout
+    backfill = next(g for g in doc["gates"] if g["name"] == "backfill")
+    row = f"| Backfill complete | **FAIL** | {backfill['summary']} | {backfill['remedy']} |"
+    assert row in markdown.stdout and row in md_path.read_text()
+    assert "### Backfill complete" in markdown.stdout and '"tables"' in markdown.stdout
+    html = CliRunner().invoke(cli, ["readiness", p.config.path, "--format", "html"])
+    assert html.exit_code == 1 and html.stdout.startswith("<!DOCTYPE html>")
+    assert 'id="gate-backfill"' in html.stdout and "<script" not in html.stdout
+    text = CliRunner().invoke(cli, ["readiness", p.config.path])
+    assert text.exit_code == 1
+    assert f"FAIL  Backfill complete: {backfill['summary']}" in text.stdout
+    assert f"what to do: {backfill['remedy']}" in text.stdout
+
 
 def test_readiness_with_a_bad_migration_file_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "m.toml"
@@ -206,3 +229,41 @@ def test_readiness_with_a_bad_migration_file_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["readiness", str(bad)])
     assert result.exit_code == 2
     assert "source" in result.output
+
+
+def test_status_shows_state_lag_backfill_and_last_reconcile(
+    ready_pipeline: Pipeline,
+) -> None:
+    p = ready_pipeline
+    result = CliRunner().invoke(cli, ["status", p.config.path])
+    assert result.exit_code == 0, result.output
+    assert f"migration {p.config.name}: state new" in result.output
+    assert "total consumer lag 0 event(s)" in result.output
+    # a source with nothing pending is caught up, however long ago its last change was
+    assert f"{p.src}.person: applied up to version" in result.output
+    assert "caught up (its last change was made" in result.output
+    assert "end-to-end lag" not in result.output
+    assert f"backfill {p.src}.person: 50 rows, finished" in result.output
+    assert "last reconcile: clean" in result.output
+
+    p.source_sql("UPDATE {s}.person SET name = 'later' WHERE id = 3")
+    run_relay(p.source, p.config, until_idle=True, stop=threading.Event())
+    pending = CliRunner().invoke(cli, ["status", p.config.path])
+    assert "total consumer lag 1 event(s)" in pending.output
+    assert "end-to-end lag at most" in pending.output
+
+
+@pytest.mark.parametrize("option", ["--html", "--markdown", "--json-file"])
+def test_a_report_path_that_cannot_be_written_is_refused_before_any_gate_runs(
+    option: str, tmp_path: Path, migration_text: str
+) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text(migration_text)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(cli, ["readiness", str(path), option, str(blocker / "r.out")])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for {option}: cannot create {blocker}" in result.output
+    assert "Traceback" not in result.output
+    taken = CliRunner().invoke(cli, ["readiness", str(path), option, str(tmp_path)])
+    assert taken.exit_code == 2 and "is a directory" in taken.output
