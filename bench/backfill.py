@@ -22,6 +22,9 @@
    digest) with the transform of every source row read by a plain ``SELECT`` (computed once
    per table size, not through the backfill's read path), and the backfill must have left
    no bookkeeping row for it (a single-owner target, ``docs/backfill.md``);
+3a. with ``--shard-processes N ...``, every round: the CLI as N ``--shard K/N`` processes at
+   once (what docs/backfill.md tells users to do with more cores), process start-up
+   included, the target checked the same way;
 3b. with ``--floor-shards N ...``, every round: the Python floor (``python_floor``): the same
    source rows read by N forked processes with psycopg's own types, each row passed to the
    shop's ``order()`` directly and written with binary COPY into a fresh table, nothing else:
@@ -583,6 +586,47 @@ def _half_rate(marks: Sequence[tuple[float, int]], *, first: bool) -> float:
     mid = len(marks) // 2
     (ta, ra), (tb, rb) = (marks[0], marks[mid]) if first else (marks[mid], marks[-1])
     return (rb - ra) / (tb - ta) if tb > ta else float("nan")
+
+
+def backfill_sharded(
+    tgt_url: str, chunk_rows: int, expected: Expected, shards: int
+) -> dict[str, Any]:
+    """The documented way to use more cores: ``dualwrite backfill --shard K/N`` in N
+    processes at once (docs/backfill.md); wall time from the first start to the last exit,
+    the target checked row by row afterwards."""
+    reset_target(tgt_url)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    pg0 = services_cpu_s(PIDS).get("postgres", 0.0)
+    t0 = time.perf_counter()
+    children = [
+        subprocess.Popen(
+            [*cli_argv(chunk_rows), "--shard", f"{k}/{shards}"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for k in range(shards)
+    ]
+    failures = []
+    for child in children:
+        _out, err = child.communicate()
+        if child.returncode != 0:
+            failures.append(err.decode(errors="replace")[-2000:])
+    seconds = time.perf_counter() - t0
+    pg_cpu = services_cpu_s(PIDS).get("postgres", 0.0) - pg0
+    if failures:
+        raise RuntimeError(f"a shard process failed: {failures}")
+    counts = check_target(tgt_url, expected)
+    return {
+        "chunk_rows": chunk_rows,
+        "shards": shards,
+        "rows": expected.source_rows,
+        "seconds": round(seconds, 2),
+        "per_s": round(expected.source_rows / seconds, 1),
+        "pg_cpu_s": round(pg_cpu, 2),
+        **counts,
+    }
 
 
 # --- the floor of any backfill running this Python transform --------------------------------
@@ -1164,6 +1208,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also measure the Python floor (no dualwrite: read, the shop's order(), COPY)\n"
         "with each of these numbers of processes, every round (e.g. 1 2)",
     )
+    p.add_argument(
+        "--shard-processes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run the CLI as this many `--shard K/N` processes at once, every round\n"
+        "(e.g. 2; process start-up included)",
+    )
     p.add_argument("--drop-existing", action="store_true", help="drop legacy/shop schemas first")
     p.add_argument("--keep", action="store_true", help="keep the schemas at the end")
     p.add_argument("--json", action="store_true", help="also print one JSON line")
@@ -1208,6 +1260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_runs: list[dict[str, Any]] = []
     backfills: list[dict[str, Any]] = []
     floors: list[dict[str, Any]] = []
+    sharded: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     try:
         info["fill"] = fill(src_url, tgt_url, source, target, args)
@@ -1240,6 +1293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"backfill chunk_rows={chunk} (round {rep + 1}) ...", file=sys.stderr)
                 result = backfill_in_process(src_url, tgt_url, config, chunk, expected)
                 backfills.append({"round": rep + 1, **result})
+                print(f"  {result['per_s']:,.0f} rows/s", file=sys.stderr)
+            for shards in args.shard_processes:
+                print(f"backfill, {shards} shard processes (round {rep + 1}) ...", file=sys.stderr)
+                result = backfill_sharded(tgt_url, args.chunk_rows[0], expected, shards)
+                sharded.append({"round": rep + 1, **result})
                 print(f"  {result['per_s']:,.0f} rows/s", file=sys.stderr)
             for shards in args.floor_shards:
                 print(f"python floor, {shards} process(es) (round {rep + 1}) ...", file=sys.stderr)
@@ -1290,6 +1348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["raw"] = raw_runs
     info["backfill"] = backfills
     info["python_floor"] = floors
+    info["backfill_sharded"] = sharded
     report(info, args)
     return 0
 
@@ -1359,6 +1418,23 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
             for b in backfills
         ],
     )
+    if info.get("backfill_sharded"):
+        print_table(
+            "Backfill as N `dualwrite backfill --shard K/N` processes at once (source rows/s)",
+            ["processes", "round", "rows", "seconds", "rows/s", "vs best COPY", "PG CPU s"],
+            [
+                (
+                    b["shards"],
+                    str(b["round"]),
+                    b["rows"],
+                    b["seconds"],
+                    b["per_s"],
+                    f"{b['per_s'] / copy_best:.1%}",
+                    b["pg_cpu_s"],
+                )
+                for b in info["backfill_sharded"]
+            ],
+        )
     if info.get("python_floor"):
         print_table(
             "Python floor: read + the shop's order() + binary COPY, no dualwrite (source rows/s)",
