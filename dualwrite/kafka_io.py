@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -455,6 +455,55 @@ def read_topic(
                 return
     finally:
         consumer.close()
+
+
+def records_at(
+    bootstrap_servers: Sequence[str],
+    topic: str,
+    offsets: Mapping[int, int],
+    timeout_s: float = 15.0,
+) -> dict[int, Message]:
+    """Per partition of ``offsets`` (``{partition: offset}``), the first record at or after
+    that offset, read without joining a group. A partition with no record there within
+    ``timeout_s`` (compacted away, not yet replicated) has no entry. Raises
+    :class:`ServiceUnavailableError` when Kafka does not answer."""
+    if not offsets:
+        return {}
+
+    def read() -> dict[int, Message]:
+        try:
+            consumer = kafka.KafkaConsumer(
+                bootstrap_servers=list(bootstrap_servers),
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+        except kafka.errors.KafkaError as exc:
+            raise ServiceUnavailableError(
+                f"cannot reach Kafka at {','.join(bootstrap_servers)}: {exc}"
+            ) from None
+        found: dict[int, Message] = {}
+        try:
+            assigned = [TopicPartition(topic, p) for p in offsets]
+            consumer.assign(assigned)
+            for tp in assigned:
+                consumer.seek(tp, offsets[tp.partition])
+            deadline = time.monotonic() + timeout_s
+            while len(found) < len(offsets) and time.monotonic() < deadline:
+                for tp, records in consumer.poll(timeout_ms=200).items():
+                    if tp.partition not in found and records:
+                        r = records[0]
+                        found[tp.partition] = Message(
+                            r.topic, r.partition, r.offset, r.key, r.value, r.timestamp
+                        )
+                        consumer.pause(tp)
+        except kafka.errors.KafkaError as exc:
+            raise ServiceUnavailableError(f"cannot read {topic}: {exc}") from None
+        finally:
+            consumer.close()
+        return found
+
+    return call_with_deadline(read, timeout_s + 5.0, f"records of {topic}")
 
 
 def _admin(bootstrap_servers: Sequence[str], timeout_s: float) -> Any:

@@ -8,7 +8,8 @@ Gates (thresholds from the migration file's ``[thresholds]``):
 - ``backfill``: every source table has a finished backfill (all shards of one sharding).
 - ``relay_lag``: the capture changelog holds no change older than ``max_lag_s``.
 - ``worker_lag``: the worker group has committed on every partition and its end-to-end lag
-  is under ``max_lag_s`` (nothing pending counts as zero lag, however quiet the source is).
+  is under ``max_lag_s``: the age of the oldest event it has not applied (read from Kafka at
+  its committed offsets); nothing pending counts as zero lag, however quiet the source is.
 - ``dead_letters``: at most ``max_dead_letters`` (default 0: none) keys are quarantined and
   dead letters unresolved (a re-driven letter stays on the topic as history but is resolved).
 - ``reconcile``: the newest reconcile run of this migration is clean and younger than
@@ -23,7 +24,7 @@ evidence: an unknown is never reported as ready.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -32,8 +33,10 @@ from sqlalchemy import Engine
 from dualwrite import capture
 from dualwrite.config import MigrationConfig
 from dualwrite.dlq import dead_letters, migration_quarantine
+from dualwrite.envelope import EnvelopeError, decode_event
 from dualwrite.errors import DualwriteError
-from dualwrite.lag import pipeline_status
+from dualwrite.kafka_io import records_at
+from dualwrite.lag import PartitionLag, SourceLag, pipeline_status
 from dualwrite.state import Check, MigrationState, current_state
 
 __all__ = [
@@ -209,11 +212,12 @@ def worker_lag_gate(config: MigrationConfig, target: Engine) -> Gate:
     sources = [s for s in st.sources if s.source in ours]
     pending = st.total_lag
     uncommitted = [p.partition for p in st.partitions if p.committed is None and p.end_offset > 0]
-    # with events pending, their end-to-end lag is at most now - the source time of the last
-    # applied change (pending events are newer than it); with none pending it is zero
-    lag_s = max((s.lag_s or 0.0 for s in sources), default=0.0) if pending else 0.0
+    lag_s, measured = 0.0, "nothing pending"
+    if pending and not uncommitted:
+        lag_s, measured = _oldest_pending_age(config, st.partitions, sources)
     evidence = {
         "pending_events": pending,
+        "lag_measured_by": measured,
         "partitions": [
             {"partition": p.partition, "end": p.end_offset, "committed": p.committed}
             for p in st.partitions
@@ -254,6 +258,30 @@ def worker_lag_gate(config: MigrationConfig, target: Engine) -> Gate:
         evidence,
         remedy,
     )
+
+
+def _oldest_pending_age(
+    config: MigrationConfig, partitions: Sequence[PartitionLag], sources: Sequence[SourceLag]
+) -> tuple[float, str]:
+    """The end-to-end lag of the pending events: the age of the oldest change the group has
+    not applied, read from the first record after its committed offset on each partition
+    that lags (the envelope's capture time). A partition whose record cannot be read falls
+    back to the bound from the target: now - the source time of the last change applied of
+    each table, which overstates the lag of a table that has been quiet since."""
+    lagging = {p.partition: p.committed or 0 for p in partitions if p.lag > 0}
+    records = records_at(config.kafka.bootstrap_servers, config.changes_topic, lagging)
+    now = dt.datetime.now(dt.UTC)
+    ages: list[float] = []
+    for record in records.values():
+        try:
+            captured = decode_event(record.value or b"").ts
+        except EnvelopeError:  # a poison record: the time Kafka received it
+            captured = dt.datetime.fromtimestamp(record.timestamp_ms / 1000, dt.UTC)
+        ages.append(max(0.0, (now - captured).total_seconds()))
+    if len(records) == len(lagging):
+        return max(ages, default=0.0), "age of the oldest unapplied event per lagging partition"
+    bound = max((s.lag_s or 0.0 for s in sources), default=0.0)
+    return max([*ages, bound]), "upper bound: age of the last applied change per table"
 
 
 def dead_letters_gate(config: MigrationConfig, target: Engine) -> Gate:

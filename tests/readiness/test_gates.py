@@ -116,6 +116,33 @@ def test_relay_and_worker_lag_gates_fail_while_changes_wait(ready_pipeline: Pipe
     assert worker.passed and worker.evidence["pending_events"] == 0
 
 
+def test_worker_lag_is_the_age_of_the_oldest_unapplied_event_not_of_a_quiet_table(
+    ready_pipeline: Pipeline,
+) -> None:
+    """A table whose last change was applied an hour ago, beside fresh pending changes of
+    another table: the pending events are seconds old, so the gate passes at a 60 s limit
+    (the bound from the applied positions alone said an hour and failed it)."""
+    p = _thresholds(ready_pipeline, max_lag_s=60)
+    with p.target.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE dualwrite.source_positions SET source_ts = now() - interval '1 hour' "
+                "WHERE source_table = :t"
+            ),
+            {"t": f"{p.src}.profile"},
+        )
+    p.source_sql("UPDATE {s}.person SET name = 'now' WHERE id <= 5")
+    run_relay(p.source, p.config, until_idle=True, stop=threading.Event())
+    gate = _gate(p, "worker_lag")
+    assert gate.evidence["pending_events"] == 5
+    assert gate.evidence["lag_measured_by"].startswith("age of the oldest unapplied event")
+    assert gate.evidence["end_to_end_lag_s"] < 30, gate.evidence
+    assert gate.passed, gate.summary
+    time.sleep(1.2)
+    strict = _gate(_thresholds(ready_pipeline, max_lag_s=1), "worker_lag")
+    assert not strict.passed and strict.evidence["end_to_end_lag_s"] > 1
+
+
 def test_worker_lag_gate_fails_before_the_group_ever_committed(merge_pipeline: Pipeline) -> None:
     p = renamed(merge_pipeline)
     p.source_sql("INSERT INTO {s}.person VALUES (1, 'a', NULL, 'x')")
