@@ -40,6 +40,7 @@ from dualwrite.capture._ddl import TableShape
 from dualwrite.config import MigrationConfig, TableConfig
 from dualwrite.envelope import EnvelopeError, RowDecoder, parse_json
 from dualwrite.errors import DualwriteError
+from dualwrite.gc_tuning import steady_state_gc
 from dualwrite.snapshot import chunk_queries, connect, source_shape, typed_chunks
 from dualwrite.transform import TargetOp, Transforms
 
@@ -74,6 +75,7 @@ class BackfillSettings:
     tables: tuple[str, ...] = ()  # empty: every table of the migration
     shard: int = 0
     shards: int = 1
+    gc_gen0_threshold: int = 20_000  # dualwrite.gc_tuning; 0 leaves the collector alone
 
 
 @dataclass(frozen=True)
@@ -138,12 +140,13 @@ def run_backfill(
         dst.commit()
         applier = Applier(dst, transforms)
         results = []
-        for table in tables:
-            if stop.is_set():
-                break
-            results.append(
-                _backfill_table(src, dst, applier, config, table, settings, stop, progress)
-            )
+        with steady_state_gc(settings.gc_gen0_threshold):
+            for table in tables:
+                if stop.is_set():
+                    break
+                results.append(
+                    _backfill_table(src, dst, applier, config, table, settings, stop, progress)
+                )
         return tuple(results)
     finally:
         src.close()

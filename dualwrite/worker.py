@@ -26,14 +26,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import gc
 import json
 import logging
 import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -46,6 +45,7 @@ from dualwrite.apply import Applier, ApplyError, ensure_bookkeeping
 from dualwrite.config import MigrationConfig
 from dualwrite.envelope import ChangeEvent, EnvelopeError, decode_event
 from dualwrite.errors import ServiceUnavailableError
+from dualwrite.gc_tuning import steady_state_gc
 from dualwrite.kafka_io import (
     Consumer,
     Message,
@@ -207,7 +207,7 @@ def run_worker(
         if on_batch is not None:
             on_batch(len(messages))
 
-    with _steady_state_gc(settings.gc_gen0_threshold):
+    with steady_state_gc(settings.gc_gen0_threshold):
         try:
             while not stop.is_set():
                 messages = _poll(consumer, settings, stop)
@@ -688,47 +688,3 @@ def _reconnect(engine: Engine, conn: psycopg.Connection[Any]) -> psycopg.Connect
 
 def _sleep(stop: threading.Event, failures: int) -> None:
     stop.wait(min(30.0, 0.25 * 2 ** min(failures, 8)) * random.uniform(0.8, 1.2))  # noqa: S311
-
-
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_saved: tuple[tuple[int, int, int], bool] | None = None
-
-
-@contextlib.contextmanager
-def _steady_state_gc(gen0_threshold: int) -> Iterator[None]:
-    """Tune CPython's cyclic GC for the worker's steady state; restored on exit.
-
-    A batch allocates tens of thousands of short-lived containers (parsed JSON, rows, ops),
-    so with the default threshold (700) the collector runs dozens of times per batch, and its
-    older-generation passes traverse every object of the imported libraries. Here the objects
-    that exist at start-up are frozen (``gc.freeze``: never traversed, still freed by
-    reference counting) and the youngest generation is collected every ``gen0_threshold``
-    allocations. Cyclic garbage is still collected, only later. Measured on the shop
-    benchmark: 15-20 % less worker CPU per event (bench/RESULTS.md, issue 4 third run).
-
-    Process-wide; counted, so several workers in one process (tests) restore it once, when
-    the last one leaves. Leaves a freeze made by the application itself in place.
-    """
-    global _gc_users, _gc_saved
-    if gen0_threshold <= 0:
-        yield
-        return
-    with _gc_lock:
-        if _gc_users == 0:
-            _gc_saved = (gc.get_threshold(), gc.get_freeze_count() == 0)
-            gc.freeze()
-            _, gen1, gen2 = _gc_saved[0]
-            gc.set_threshold(gen0_threshold, gen1, gen2)
-        _gc_users += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0 and _gc_saved is not None:
-                thresholds, unfreeze = _gc_saved
-                gc.set_threshold(*thresholds)
-                if unfreeze:
-                    gc.unfreeze()
-                _gc_saved = None

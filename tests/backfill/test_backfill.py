@@ -327,3 +327,26 @@ def test_infinite_timestamps_a_column_named_t_and_a_domain_are_copied_exactly(
         got = t.execute(text(query.format(target_schema))).all()
     assert got == want
     assert [r[2] for r in got if r[0] in (25, 26)] == ["infinity", "-infinity"]
+
+
+def test_the_collector_is_tuned_while_the_backfill_runs_and_restored_after(
+    merge_pipeline: Pipeline,
+) -> None:
+    import gc
+
+    p = merge_pipeline
+    p.source_sql("INSERT INTO {s}.person SELECT g, 'n', NULL, NULL FROM generate_series(1, 250) g")
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    (person, _profile) = run_backfill(
+        p.source,
+        p.target,
+        p.config,
+        p.transforms,
+        BackfillSettings(chunk_rows=100, gc_gen0_threshold=12_345),
+        progress=lambda _progress: seen.append(gc.get_threshold()),
+    )
+    assert person.rows == 250 and seen
+    assert {t[0] for t in seen} == {12_345}
+    assert gc.get_threshold() == before
+    _assert_exact(p)
