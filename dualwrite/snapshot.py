@@ -130,10 +130,10 @@ TYPED_READ: dict[str, str] = {
     "timestamp without time zone": "timestamp",
     "timestamp with time zone": "timestamptz",
 }
-"""Column types whose value psycopg loads (binary, on a connection whose TimeZone is UTC)
-(cast to the type itself, so a domain over one loads as its base type) exactly as the
-envelope decoders decode the same column of the same session's ``row_to_json``:
-same Python type, same value, same ``tzinfo`` (``tests/backfill/test_typed_read.py`` proves it
+"""Column types (regtype spelling -> the ``pg_catalog`` type the column is cast to, so a
+domain over one loads as its base type) whose value psycopg loads in binary, on a
+connection whose TimeZone is UTC, exactly as the envelope decoders decode the same column of
+the same session's ``row_to_json``: same Python type, same value, same ``tzinfo`` (``tests/backfill/test_typed_read.py`` proves it
 value by value). Left out on purpose: ``real`` (binary float4 widens to a different double than
 its text), ``json`` / ``jsonb`` (exact text, ``Decimal`` numbers), ``time`` (``24:00``),
 ``interval`` and ``money`` (text in the envelope), arrays, enums and everything else."""
