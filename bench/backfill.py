@@ -718,7 +718,7 @@ def python_floor(
             conn.commit()
     return {
         "shards": shards,
-        "source_rows": expected.source_rows,
+        "rows": expected.source_rows,
         "rows_written": written,
         "seconds": round(seconds, 2),
         "per_s": round(expected.source_rows / seconds, 1),
@@ -1418,40 +1418,27 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
             for b in backfills
         ],
     )
-    if info.get("backfill_sharded"):
-        print_table(
-            "Backfill as N `dualwrite backfill --shard K/N` processes at once (source rows/s)",
-            ["processes", "round", "rows", "seconds", "rows/s", "vs best COPY", "PG CPU s"],
-            [
-                (
-                    b["shards"],
-                    str(b["round"]),
-                    b["rows"],
-                    b["seconds"],
-                    b["per_s"],
-                    f"{b['per_s'] / copy_best:.1%}",
-                    b["pg_cpu_s"],
-                )
-                for b in info["backfill_sharded"]
-            ],
-        )
-    if info.get("python_floor"):
-        print_table(
-            "Python floor: read + the shop's order() + binary COPY, no dualwrite (source rows/s)",
-            ["processes", "round", "rows", "seconds", "rows/s", "vs best COPY", "PG CPU s"],
-            [
-                (
-                    f["shards"],
-                    str(f["round"]),
-                    f["source_rows"],
-                    f["seconds"],
-                    f["per_s"],
-                    f"{f['per_s'] / copy_best:.1%}",
-                    f["pg_cpu_s"],
-                )
-                for f in info["python_floor"]
-            ],
-        )
+    for key, title in (
+        ("backfill_sharded", "Backfill as N `dualwrite backfill --shard K/N` processes at once"),
+        ("python_floor", "Python floor: read + the shop's order() + binary COPY, no dualwrite"),
+    ):
+        if info.get(key):
+            print_table(
+                f"{title} (source rows/s)",
+                ["processes", "round", "rows", "seconds", "rows/s", "vs best COPY", "PG CPU s"],
+                [
+                    (
+                        r["shards"],
+                        str(r["round"]),
+                        r["rows"],
+                        r["seconds"],
+                        r["per_s"],
+                        f"{r['per_s'] / copy_best:.1%}",
+                        r["pg_cpu_s"],
+                    )
+                    for r in info[key]
+                ],
+            )
     print_table(
         "Backfill time by Applier method (chunk-level timers, seconds)",
         ["chunk", "round", *backfills[0]["phases"].keys()] if backfills else ["-"],

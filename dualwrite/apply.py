@@ -118,8 +118,9 @@ class Applier:
         try:
             with self.conn.transaction():
                 self.conn.execute(MARK_TOOLKIT_WRITE)  # capture triggers skip these rows
-                self._lock_targets(ops)
-                result = self._apply(ops)
+                snapshot = bool(ops) and all(op.version == 0 for op in ops)
+                self._lock_targets(ops, exclusive=snapshot)
+                result = self._apply(ops, snapshot=snapshot)
                 if positions:
                     self._record_positions(positions)
             return result
@@ -134,7 +135,7 @@ class Applier:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _lock_targets(self, ops: Sequence[TargetOp]) -> None:
+    def _lock_targets(self, ops: Sequence[TargetOp], *, exclusive: bool) -> None:
         """Serialise the backfill's chunks with the stream's batches, per target table.
 
         A batch of snapshot reads (all version 0: the backfill) takes each of its target
@@ -153,14 +154,10 @@ class Applier:
             if target is None:
                 target = names[op.target] = str(op.target)
             tables.add(target)
-        exclusive = all(op.version == 0 for op in ops)
         self.conn.execute(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED, (sorted(tables),))
 
-    def _apply(self, ops: Sequence[TargetOp]) -> ApplyResult:
-        if ops and all(op.version == 0 for op in ops):
-            applied = self._apply_absent(ops)
-        else:
-            applied = self._apply_general(ops)
+    def _apply(self, ops: Sequence[TargetOp], *, snapshot: bool) -> ApplyResult:
+        applied = self._apply_absent(ops) if snapshot else self._apply_general(ops)
         return ApplyResult(applied, len(ops) - applied)
 
     def _apply_general(self, ops: Sequence[TargetOp]) -> int:

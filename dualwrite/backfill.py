@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -364,16 +365,16 @@ class _ChunkReader:
             _wait_until_quiet(src, settings, self._stop)
             t_chunk = time.monotonic()
             params = None if self._last_key is None else (self._last_key,)
-            from_images = False
             try:
                 query = typed.first if params is None else typed.following
                 fetched = src.execute(query, params, binary=True).fetchall()
+                key_of, record_of = itemgetter(-1), typed.record  # values..., key text
             except psycopg.DataError:
                 # a value psycopg cannot load (an infinite date, a year past 9999): this chunk
                 # is read again as row images, whose decoders keep such values as text
                 src.rollback()
-                from_images = True
                 fetched = src.execute(images[0] if params is None else images[1], params).fetchall()
+                key_of, record_of = itemgetter(0), lambda row: decode(parse_json(row[1]))
             src.commit()
             if not fetched:
                 self._put(None)
@@ -381,15 +382,14 @@ class _ChunkReader:
             ops: list[TargetOp] = []
             for row in fetched:
                 try:
-                    record = decode(parse_json(row[1])) if from_images else typed.record(row)
+                    record = record_of(row)
                 except (EnvelopeError, ValueError) as exc:
-                    key_text = row[0] if from_images else row[-1]
                     raise BackfillError(
-                        f"{label}: row {key_text} cannot be decoded: {exc}"
+                        f"{label}: row {key_of(row)} cannot be decoded: {exc}"
                     ) from None
                 key = {c: record[c] for c in key_columns}
                 ops.extend(transform(label, "read", key, record, 0))
-            self._last_key = fetched[-1][0] if from_images else fetched[-1][-1]
+            self._last_key = key_of(fetched[-1])
             self._put(_Chunk(len(fetched), self._last_key, ops))
             if settings.max_rows_per_s:
                 budget = len(fetched) / settings.max_rows_per_s

@@ -301,7 +301,7 @@ def group_lag(
                 except kafka.errors.KafkaError as exc:
                     # A retriable error passes (a new broker has no group coordinator until
                     # its offsets topic exists: CoordinatorNotAvailable); asked again shortly.
-                    if getattr(exc, "retriable", False) and time.monotonic() < deadline:
+                    if is_retriable(exc) and time.monotonic() < deadline:
                         time.sleep(_RETRY_PAUSE_S)
                         continue
                     raise ServiceUnavailableError(
@@ -432,25 +432,18 @@ def read_topic(
         if missing_ok:
             return
         raise ServiceUnavailableError(f"topic {topic} does not exist")
-    try:
-        consumer = kafka.KafkaConsumer(
-            bootstrap_servers=list(bootstrap_servers),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest" if from_beginning else "latest",
-            consumer_timeout_ms=idle_timeout_ms,
-        )
-    except kafka.errors.KafkaError as exc:
-        raise ServiceUnavailableError(
-            f"cannot reach Kafka at {','.join(bootstrap_servers)}: {exc}"
-        ) from None
+    consumer = _groupless_consumer(
+        bootstrap_servers,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        consumer_timeout_ms=idle_timeout_ms,
+    )
     try:
         assigned = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assigned)
         if from_beginning:
             consumer.seek_to_beginning(*assigned)
         for count, r in enumerate(consumer, start=1):
-            yield Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+            yield _message(r)
             if max_messages is not None and count >= max_messages:
                 return
     finally:
@@ -471,17 +464,7 @@ def records_at(
         return {}
 
     def read() -> dict[int, Message]:
-        try:
-            consumer = kafka.KafkaConsumer(
-                bootstrap_servers=list(bootstrap_servers),
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-            )
-        except kafka.errors.KafkaError as exc:
-            raise ServiceUnavailableError(
-                f"cannot reach Kafka at {','.join(bootstrap_servers)}: {exc}"
-            ) from None
+        consumer = _groupless_consumer(bootstrap_servers, auto_offset_reset="earliest")
         found: dict[int, Message] = {}
         try:
             assigned = [TopicPartition(topic, p) for p in offsets]
@@ -492,10 +475,7 @@ def records_at(
             while len(found) < len(offsets) and time.monotonic() < deadline:
                 for tp, records in consumer.poll(timeout_ms=200).items():
                     if tp.partition not in found and records:
-                        r = records[0]
-                        found[tp.partition] = Message(
-                            r.topic, r.partition, r.offset, r.key, r.value, r.timestamp
-                        )
+                        found[tp.partition] = _message(records[0])
                         consumer.pause(tp)
         except kafka.errors.KafkaError as exc:
             raise ServiceUnavailableError(f"cannot read {topic}: {exc}") from None
@@ -504,6 +484,27 @@ def records_at(
         return found
 
     return call_with_deadline(read, timeout_s + 5.0, f"records of {topic}")
+
+
+def _groupless_consumer(bootstrap_servers: Sequence[str], **options: Any) -> Any:
+    """A consumer outside any group (it commits nothing), for reading records by offset."""
+    try:
+        return kafka.KafkaConsumer(
+            bootstrap_servers=list(bootstrap_servers),
+            group_id=None,
+            enable_auto_commit=False,
+            **options,
+        )
+    except kafka.errors.KafkaError as exc:
+        raise ServiceUnavailableError(
+            f"cannot reach Kafka at {','.join(bootstrap_servers)}: {exc}"
+        ) from None
+
+
+def _message(record: Any) -> Message:
+    return Message(
+        record.topic, record.partition, record.offset, record.key, record.value, record.timestamp
+    )
 
 
 def _admin(bootstrap_servers: Sequence[str], timeout_s: float) -> Any:

@@ -244,6 +244,32 @@ def test_backfill_sessions_run_without_jit(
     _assert_exact(p)
 
 
+def _backfill_odd(
+    source_engine: Engine,
+    target_engine: Engine,
+    source_schema: str,
+    target_schema: str,
+    make_config: Any,
+    chunk_rows: int,
+    query: str,
+) -> tuple[Any, list[Any], list[Any]]:
+    """Capture and backfill table ``odd`` of ``source_schema`` into ``target_schema``;
+    return the table's result and ``query`` (``{}``: the schema) on the target and source."""
+    config = make_config([{"source": f"{source_schema}.odd", "target": f"{target_schema}.odd"}])
+    capture.install(source_engine, config)
+    (result,) = run_backfill(
+        source_engine,
+        target_engine,
+        config,
+        load_transforms(config),
+        BackfillSettings(chunk_rows=chunk_rows),
+    )
+    with source_engine.connect() as s, target_engine.connect() as t:
+        got = list(t.execute(text(query.format(f'"{target_schema}"'))).all())
+        want = list(s.execute(text(query.format(f'"{source_schema}"'))).all())
+    return result, got, want
+
+
 def test_toasted_values_and_nulls_everywhere(
     source_engine: Engine,
     target_engine: Engine,
@@ -264,22 +290,17 @@ def test_toasted_values_and_nulls_everywhere(
             )
         )
         conn.execute(text(f'INSERT INTO "{source_schema}".odd (id) SELECT generate_series(21, 40)'))
-    config = make_config([{"source": f"{source_schema}.odd", "target": f"{target_schema}.odd"}])
-    capture.install(source_engine, config)
-    (result,) = run_backfill(
+    result, got, want = _backfill_odd(
         source_engine,
         target_engine,
-        config,
-        load_transforms(config),
-        BackfillSettings(chunk_rows=7),
+        source_schema,
+        target_schema,
+        make_config,
+        7,
+        "SELECT id, md5(big), md5(blob), md5(doc::text), n, at FROM {}.odd ORDER BY id",
     )
     assert result.rows == 40
-    query = 'SELECT id, md5(big), md5(blob), md5(doc::text), n, at FROM "{}".odd ORDER BY id'
-    with source_engine.connect() as s, target_engine.connect() as t:
-        assert (
-            t.execute(text(query.format(target_schema))).all()
-            == s.execute(text(query.format(source_schema))).all()
-        )
+    assert got == want
 
 
 def test_infinite_timestamps_a_column_named_t_and_a_domain_are_copied_exactly(
@@ -311,20 +332,16 @@ def test_infinite_timestamps_a_column_named_t_and_a_domain_are_copied_exactly(
                 "FROM generate_series(1, 100) g"
             )
         )
-    config = make_config([{"source": f"{source_schema}.odd", "target": f"{target_schema}.odd"}])
-    capture.install(source_engine, config)
-    (result,) = run_backfill(
+    result, got, want = _backfill_odd(
         source_engine,
         target_engine,
-        config,
-        load_transforms(config),
-        BackfillSettings(chunk_rows=10),
+        source_schema,
+        target_schema,
+        make_config,
+        10,
+        "SELECT id, t, at::text, on_day::text, n FROM {}.odd ORDER BY id",
     )
     assert result.rows == 100 and result.done
-    query = 'SELECT id, t, at::text, on_day::text, n FROM "{}".odd ORDER BY id'
-    with source_engine.connect() as s, target_engine.connect() as t:
-        want = s.execute(text(query.format(source_schema))).all()
-        got = t.execute(text(query.format(target_schema))).all()
     assert got == want
     assert [r[2] for r in got if r[0] in (25, 26)] == ["infinity", "-infinity"]
 

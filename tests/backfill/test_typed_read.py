@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, text
 
 from dualwrite.config import QualifiedName, TableConfig
-from dualwrite.snapshot import chunk_queries, decode_image, source_shape, typed_chunks
+from dualwrite.snapshot import chunk_queries, connect, decode_image, source_shape, typed_chunks
 from tests.capture.test_type_fidelity import COLUMNS, rows
 
 pytestmark = pytest.mark.integration
@@ -43,8 +43,9 @@ def _fingerprint(value: Any) -> tuple[str, str, Any]:
     return (type(value).__name__, repr(value), getattr(value, "tzinfo", None))
 
 
-def _both_ways(url: str, schema: str, table: str) -> tuple[list[dict[str, Any]], list[Any]]:
-    with psycopg.connect(url, options="-c timezone=UTC") as conn:
+def _both_ways(engine: Engine, schema: str, table: str) -> tuple[list[dict[str, Any]], list[Any]]:
+    # the backfill's own session (``snapshot.connect``): TYPED_READ holds on its settings
+    with connect(engine, "dw-test-typed-read") as conn:
         shape = source_shape(
             conn, TableConfig(QualifiedName(schema, table), QualifiedName(schema, table))
         )
@@ -100,7 +101,7 @@ def test_typed_read_equals_the_envelope_decoding_value_by_value(
                 [i, *values, *extra],
             )
         conn.commit()
-    reference, typed = _both_ways(url, source_schema, table)
+    reference, typed = _both_ways(source_engine, source_schema, table)
     assert len(reference) == len(typed) == len(batch)
     for want, got in zip(reference, typed, strict=True):
         assert list(got) == list(want)
@@ -124,8 +125,7 @@ def test_a_value_psycopg_cannot_load_raises_instead_of_loading_as_something_else
     with source_engine.begin() as conn:
         conn.execute(text(f'CREATE TABLE "{source_schema}".{table} (id int PRIMARY KEY, v {kind})'))
         conn.execute(text(f"INSERT INTO \"{source_schema}\".{table} VALUES (1, '{value}')"))
-    url = source_engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(url, options="-c timezone=UTC") as conn:
+    with connect(source_engine, "dw-test-typed-read") as conn:
         shape = source_shape(
             conn,
             TableConfig(QualifiedName(source_schema, table), QualifiedName(source_schema, table)),
