@@ -72,7 +72,7 @@ def instrument(phases: Phases, transforms: Any) -> None:
     w._publish_and_commit = phases.wrap("publish_and_commit", w._publish_and_commit)  # type: ignore[attr-defined]
     w._group_caught_up = phases.wrap("group_caught_up", w._group_caught_up)  # type: ignore[attr-defined]
     transforms.apply = phases.wrap("transform", transforms.apply)
-    for name in ("apply", "_apply", "_claim", "_write", "_stage", "_record_positions"):
+    for name in ("apply", "_apply_general", "_claim", "_write", "_stage", "_record_positions"):
         setattr(a, name, phases.wrap(f"Applier.{name}", getattr(a, name)))
     kafka_io.Consumer.commit = phases.wrap("offset_commit", kafka_io.Consumer.commit)  # type: ignore[method-assign]
 
@@ -91,7 +91,7 @@ def exclusive(ph: dict[str, float], run_s: float) -> dict[str, float]:
         "idle check (group_lag)": g("group_caught_up", 0),
         "waiting for the apply thread (+ start-up, close)": run_s - main,
         "apply thread: quarantine SELECT + commit, parking": g("process", 0) - g("apply_all", 0),
-        "apply thread: collapse/group ops (Python)": g("Applier._apply", 0)
+        "apply thread: collapse/group ops (Python)": g("Applier._apply_general", 0)
         - g("Applier._claim", 0)
         - g("Applier._write", 0),
         "apply thread: bookkeeping COPY _dw_ops + upsert RETURNING": g("Applier._claim", 0),
@@ -100,7 +100,7 @@ def exclusive(ph: dict[str, float], run_s: float) -> dict[str, float]:
         - g("Applier._stage", 0),
         "apply thread: source_positions upsert": g("Applier._record_positions", 0),
         "apply thread: savepoint": g("Applier.apply", 0)
-        - g("Applier._apply", 0)
+        - g("Applier._apply_general", 0)
         - g("Applier._record_positions", 0),
         "apply thread: target COMMIT (+ op list)": g("apply_all", 0) - g("Applier.apply", 0),
         "apply thread: idle (waiting for the next batch)": run_s - g("process", 0),

@@ -373,8 +373,8 @@ def staged_upsert(
 PIDS: dict[str, int] = {}
 
 TIMED_APPLIER = (
-    "apply",
-    "_apply",
+    "apply_reads",
+    "_write_reads",
     "_apply_general",
     "_upsert_absent",
     "_delete_absent",
@@ -550,15 +550,15 @@ def backfill_in_process(
         raise RuntimeError(f"backfill stopped early: {result}")
     counts = check_target(tgt_url, expected)
     loop = result.elapsed_s
-    apply_s = timers["apply"]
+    apply_s = timers["apply_reads"]
     absent_s = timers["_upsert_absent"] + timers["_delete_absent"]
     phases = {
         "apply_total_s": round(apply_s, 2),
         "apply_insert_absent_stmts_s": round(absent_s - timers["_stage"], 2),
         "apply_stage_copy_s": round(timers["_stage"], 2),
         "apply_general_path_s": round(timers["_apply_general"], 2),
-        "apply_python_s": round(timers["_apply"] - absent_s - timers["_apply_general"], 2),
-        "apply_savepoint_s": round(apply_s - timers["_apply"], 2),
+        "apply_python_s": round(timers["_write_reads"] - absent_s - timers["_apply_general"], 2),
+        "apply_savepoint_s": round(apply_s - timers["_write_reads"], 2),
         # the reader thread reads, decodes and transforms the next chunk meanwhile
         "waiting_for_reader_and_commit_s": round(loop - apply_s, 2),
         "quiet_probe_in_reader_s": round(timers["quiet_probe"], 2),
@@ -812,11 +812,11 @@ def micro(src_url: str, config: MigrationConfig, n: int) -> dict[str, float]:
         "  of which TargetOp(...) (frozen dataclass)": lambda: [
             TargetOp(o.target, o.key, o.values, o.source, 0) for o in ops
         ],
-        "key_text per op (json.dumps; Applier._apply)": lambda: [key_text(o.key) for o in ops],
+        "key_text per op (Transforms.apply_reads)": lambda: [key_text(o.key) for o in ops],
         "  variant: f'[{k}]' for one int key, else json.dumps": lambda: [
             key_text_fast(o.key) for o in ops
         ],
-        "str(QualifiedName) per op (Applier._apply ident)": lambda: [str(o.target) for o in ops],
+        "str(QualifiedName) per op (Applier._name, cached)": lambda: [str(o.target) for o in ops],
     }
     best = dict.fromkeys(steps, float("inf"))
     for _ in range(5):  # interleaved, best of 5: the machine's noise spreads over all steps
@@ -871,7 +871,7 @@ def read_phases(src_url: str, config: MigrationConfig, chunk_rows: int) -> dict[
             totals["transform"] += t5 - t4
             rows += len(fetched)
             ops += sum(len(p) for p in produced)
-            last = fetched[-1][-1]
+            last = typed.last_key(fetched[-1])
     total = sum(totals.values())
     return {
         "chunk_rows": chunk_rows,
@@ -1060,13 +1060,13 @@ def classify_reader(frames: list[str], index: int) -> str:
         return "reader: decode JSON (envelope.parse_json: non-typed columns, image chunks)"
     if child.endswith("RowDecoder.__call__") or "_decode_row" in names:
         return "reader: decode typed values (envelope.RowDecoder)"
-    if child.endswith("Transforms.apply") or child == "apply":
+    if child.endswith("Transforms.apply_reads") or child == "apply_reads":
         if "berlin_to_utc" in names or "_exists" in names:
             return "reader: transform: berlin_to_utc (zoneinfo)"
         if any(n == "order" or n.endswith(".order") for n in names):
             return "reader: transform: shop order() other (status, cents, currency)"
-        return "reader: transform: registry (TargetOp building, checks)"
-    return "reader: other Python (key dict, ops list)"
+        return "reader: transform: registry (grouping rows by target, key texts, checks)"
+    return "reader: other Python (records list)"
 
 
 def classify(frames: list[str], index: int) -> str:
@@ -1075,15 +1075,15 @@ def classify(frames: list[str], index: int) -> str:
     child = names[0] if names else ""
     if child.endswith("next"):
         return "apply thread: waiting for the reader's next chunk"
-    if "Applier.apply" in names or "apply" in names[1:2]:
+    if "Applier.apply_reads" in names or "apply_reads" in names[1:2]:
         if "Applier._stage" in names:
             return "apply thread: COPY into staging (incl. CREATE IF NOT EXISTS + TRUNCATE)"
         if "Applier._upsert_absent" in names or "Applier._delete_absent" in names:
             return "apply thread: claim + INSERT/DELETE statement (insert-if-absent)"
         if "Applier._apply_general" in names:
             return "apply thread: general path (deletes of merged rows)"
-        if "Applier._apply" in names:
-            return "apply thread: group by key / rows (Python)"
+        if "Applier._write_reads" in names:
+            return "apply thread: ordering groups, json values, key lookup (Python)"
         return "apply thread: SAVEPOINT / RELEASE"
     if child.endswith("_apply_chunk"):
         return "apply thread: progress UPDATE / COMMIT"

@@ -42,8 +42,8 @@ from dualwrite.config import MigrationConfig, TableConfig
 from dualwrite.envelope import EnvelopeError, RowDecoder, parse_json
 from dualwrite.errors import DualwriteError
 from dualwrite.gc_tuning import steady_state_gc
-from dualwrite.snapshot import chunk_queries, connect, source_shape, typed_chunks
-from dualwrite.transform import TargetOp, Transforms
+from dualwrite.snapshot import chunk_queries, connect, key_sample, source_shape, typed_chunks
+from dualwrite.transform import ReadBatch, Transforms
 
 __all__ = ["BackfillError", "BackfillProgress", "BackfillSettings", "TableBackfill", "run_backfill"]
 
@@ -58,9 +58,14 @@ CREATE TABLE IF NOT EXISTS dualwrite.backfill_progress (
     started_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz,
+    bounds       json,
     PRIMARY KEY (source_table, shard)
 );
+ALTER TABLE dualwrite.backfill_progress ADD COLUMN IF NOT EXISTS bounds json;
 """
+# ``bounds`` of shard K of N > 1: {"lower": key JSON or null, "upper": key JSON or null}, the
+# shard's key range (lower inclusive, upper exclusive, null: unbounded), or {"empty": true};
+# recorded for all N shards at once by the first of them (_plan_shards).
 
 
 class BackfillError(DualwriteError):
@@ -183,21 +188,28 @@ def _backfill_table(
     shape = source_shape(src, table)
     if settings.restart:
         dst.execute(
-            "DELETE FROM dualwrite.backfill_progress WHERE source_table = %s AND shard = %s",
+            "UPDATE dualwrite.backfill_progress SET last_key = NULL, rows_done = 0, "
+            "started_at = now(), updated_at = now(), finished_at = NULL "
+            "WHERE source_table = %s AND shard = %s",
             (label, shard),
         )
     dst.execute(
         "INSERT INTO dualwrite.backfill_progress (source_table, shard) VALUES (%s, %s) ON CONFLICT DO NOTHING",
         (label, shard),
     )
+    dst.commit()
+    if settings.shards > 1:
+        _plan_shards(src, dst, shape, label, settings.shards)
     row = dst.execute(
-        "SELECT last_key::text, rows_done, finished_at FROM dualwrite.backfill_progress "
-        "WHERE source_table = %s AND shard = %s",
+        "SELECT last_key::text, rows_done, finished_at, NULLIF((bounds->'lower')::text, 'null'), "
+        "NULLIF((bounds->'upper')::text, 'null'), COALESCE(bounds->>'empty' = 'true', false) "
+        "FROM dualwrite.backfill_progress WHERE source_table = %s AND shard = %s",
         (label, shard),
     ).fetchone()
     dst.commit()
     assert row is not None
     last_key, rows_done, finished = row[0], int(row[1]), row[2]
+    key_range = _KeyRange(row[3], row[4], row[5])
     estimate = _estimate(src, table) // max(1, settings.shards)
     if finished is not None:
         log.info("%s (shard %s) was already backfilled; --restart to do it again", label, shard)
@@ -205,7 +217,7 @@ def _backfill_table(
     resumed = last_key is not None
     t0 = time.monotonic()
     rows = chunks = 0
-    reader = _ChunkReader(src, applier.transforms, shape, settings, last_key, stop)
+    reader = _ChunkReader(src, applier.transforms, shape, settings, key_range, last_key, stop)
     reader.start()
     try:
         while not stop.is_set():
@@ -247,7 +259,7 @@ def _backfill_table(
 class _Chunk:
     rows: int
     last_key: str  # JSON of the chunk's last source key: the progress mark
-    ops: list[TargetOp]
+    batch: ReadBatch
 
 
 _DEADLOCK_RETRIES = 5
@@ -275,7 +287,7 @@ def _apply_chunk(
     for attempt in range(1, _DEADLOCK_RETRIES + 1):
         try:
             with dst.transaction():
-                applier.apply(chunk.ops)
+                applier.apply_reads(chunk.batch)
                 dst.execute(
                     "UPDATE dualwrite.backfill_progress SET last_key = %s::json, "
                     "rows_done = rows_done + %s, updated_at = now() "
@@ -303,10 +315,12 @@ class _ChunkReader:
         transforms: Transforms,
         shape: TableShape,
         settings: BackfillSettings,
+        key_range: _KeyRange,
         last_key: str | None,
         stop: threading.Event,
     ) -> None:
         self._src = src
+        self._range = key_range
         self._transforms = transforms
         self._shape = shape
         self._settings = settings
@@ -356,46 +370,118 @@ class _ChunkReader:
 
     def _read_all(self) -> None:
         settings, src, label = self._settings, self._src, str(self._shape.source)
-        typed = typed_chunks(self._shape, settings.chunk_rows, settings.shard, settings.shards)
-        images = chunk_queries(self._shape, settings.chunk_rows, settings.shard, settings.shards)
+        if self._range.empty:
+            self._put(None)  # a shard of a table that had no rows to cut it by
+            return
+        lower, upper = self._range.lower, self._range.upper
+        ranged = {"lower": lower is not None, "upper": upper is not None}
+        typed = typed_chunks(self._shape, settings.chunk_rows, **ranged)
+        images = chunk_queries(self._shape, settings.chunk_rows, **ranged)
         decode = RowDecoder(self._shape.types)
         key_columns = self._shape.key
-        transform = self._transforms.apply
         while not self._stop.is_set() and not self._closed.is_set():
             _wait_until_quiet(src, settings, self._stop)
             t_chunk = time.monotonic()
-            params = None if self._last_key is None else (self._last_key,)
+            first = self._last_key is None
+            params = [lower] if first else [self._last_key]
+            params = [p for p in [*params, upper] if p is not None]
             try:
-                query = typed.first if params is None else typed.following
-                fetched = src.execute(query, params, binary=True).fetchall()
-                key_of, record_of = itemgetter(-1), typed.record  # values..., key text
+                query = typed.first if first else typed.following
+                fetched = src.execute(query, params or None, binary=True).fetchall()
+                key_of, record_of = typed.last_key, typed.record
             except psycopg.DataError:
                 # a value psycopg cannot load (an infinite date, a year past 9999): this chunk
                 # is read again as row images, whose decoders keep such values as text
                 src.rollback()
-                fetched = src.execute(images[0] if params is None else images[1], params).fetchall()
+                fetched = src.execute(images[0] if first else images[1], params or None).fetchall()
                 key_of, record_of = itemgetter(0), lambda row: decode(parse_json(row[1]))
             src.commit()
             if not fetched:
                 self._put(None)
                 return
-            ops: list[TargetOp] = []
-            for row in fetched:
-                try:
-                    record = record_of(row)
-                except (EnvelopeError, ValueError) as exc:
-                    raise BackfillError(
-                        f"{label}: row {key_of(row)} cannot be decoded: {exc}"
-                    ) from None
-                key = {c: record[c] for c in key_columns}
-                ops.extend(transform(label, "read", key, record, 0))
+            try:
+                records = list(map(record_of, fetched))
+            except (EnvelopeError, ValueError):
+                records = [_decoded(record_of, row, key_of, label) for row in fetched]
+            batch = self._transforms.apply_reads(label, key_columns, records)
+            del records
             self._last_key = key_of(fetched[-1])
-            self._put(_Chunk(len(fetched), self._last_key, ops))
+            self._put(_Chunk(len(fetched), self._last_key, batch))
             if settings.max_rows_per_s:
                 budget = len(fetched) / settings.max_rows_per_s
                 spent = time.monotonic() - t_chunk
                 if budget > spent:
                     self._stop.wait(budget - spent)
+
+
+@dataclass(frozen=True)
+class _KeyRange:
+    """The keys a shard reads: from ``lower`` (inclusive) to ``upper`` (exclusive), key JSON
+    texts as recorded, None where unbounded; or none at all (``empty``)."""
+
+    lower: str | None = None
+    upper: str | None = None
+    empty: bool = False
+
+
+def _plan_shards(
+    src: psycopg.Connection[Any],
+    dst: psycopg.Connection[Any],
+    shape: TableShape,
+    label: str,
+    shards: int,
+) -> None:
+    """Cut the table into ``shards`` key ranges of about equal rows (cut at keys of
+    :func:`key_sample`), once per sharding: the first process of a sharding records the
+    range of every shard, under an advisory lock; the other shards, and every resume, read
+    them. The ranges cover every key, whatever the sample: the first starts unbounded, each
+    next one where the one before ends, the last is unbounded above. A table without rows
+    goes whole to shard 0 (the others are empty). A shard without a range but with progress
+    (recorded by an earlier dualwrite, whose shards split keys by hash) starts over: the
+    backfill writes only absent keys, so doing a row again changes nothing."""
+    pattern = f"%/{shards}"
+    with dst.transaction():
+        dst.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dualwrite.backfill:{label}:{shards}",)
+        )
+        rows = dst.execute(
+            "SELECT shard, bounds IS NOT NULL, last_key IS NOT NULL OR finished_at IS NOT NULL "
+            "FROM dualwrite.backfill_progress WHERE source_table = %s AND shard LIKE %s",
+            (label, pattern),
+        ).fetchall()
+        if len(rows) == shards and all(planned for _, planned, _ in rows):
+            return
+        redone = sorted(shard for shard, planned, started in rows if started and not planned)
+        if redone:
+            log.warning(
+                "%s: shards %s were split by hash by an earlier dualwrite; starting them over",
+                label,
+                ", ".join(redone),
+            )
+        keys = key_sample(src, shape)  # key JSON texts, kept as they are (numeric keys)
+        edges = [None, *(keys[len(keys) * k // shards] for k in range(1, shards) if keys), None]
+        for k in range(shards):
+            if keys:
+                bounds = f'{{"lower": {edges[k] or "null"}, "upper": {edges[k + 1] or "null"}}}'
+            else:
+                bounds = '{"lower": null, "upper": null}' if k == 0 else '{"empty": true}'
+            dst.execute(
+                "INSERT INTO dualwrite.backfill_progress AS p (source_table, shard, bounds) "
+                "VALUES (%s, %s, %s::json) ON CONFLICT (source_table, shard) DO UPDATE SET "
+                "bounds = EXCLUDED.bounds, last_key = NULL, rows_done = 0, finished_at = NULL, "
+                "started_at = now(), updated_at = now()",
+                (label, f"{k}/{shards}", bounds),
+            )
+
+
+def _decoded(
+    record_of: Callable[[Any], dict[str, Any]], row: Any, key_of: Callable[[Any], Any], label: str
+) -> dict[str, Any]:
+    """One row's record, or :class:`BackfillError` naming the row that cannot be decoded."""
+    try:
+        return record_of(row)
+    except (EnvelopeError, ValueError) as exc:
+        raise BackfillError(f"{label}: row {key_of(row)} cannot be decoded: {exc}") from None
 
 
 def _estimate(src: psycopg.Connection[Any], table: TableConfig) -> int:

@@ -8,6 +8,7 @@ hand identical values to the transforms.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "connect",
     "decode_image",
     "iter_rows",
+    "key_sample",
     "source_shape",
     "typed_chunks",
 ]
@@ -66,12 +68,14 @@ def iter_rows(
 
 
 def chunk_queries(
-    shape: TableShape, chunk_rows: int, shard: int = 0, shards: int = 1
+    shape: TableShape, chunk_rows: int, *, lower: bool = False, upper: bool = False
 ) -> tuple[sql.Composed, sql.Composed]:
     """The first-chunk and next-chunk queries (the latter takes the last key as JSON); each
-    row is (key JSON text, ``row_to_json`` image text)."""
+    row is (key JSON text, ``row_to_json`` image text). With ``lower`` / ``upper`` they read
+    one key range: the first query takes the range's lower key (inclusive), both take its
+    upper key (exclusive) as their last parameter, as JSON like the last key."""
     selected = sql.SQL("{}, {}::text").format(_key_json(shape), row_image(shape, "t"))
-    return _chunk_queries(shape, chunk_rows, shard, shards, selected)
+    return _chunk_queries(shape, chunk_rows, selected, lower=lower, upper=upper)
 
 
 def _key_json(shape: TableShape) -> sql.Composable:
@@ -83,35 +87,53 @@ def _key_json(shape: TableShape) -> sql.Composable:
 
 
 def _chunk_queries(
-    shape: TableShape, chunk_rows: int, shard: int, shards: int, selected: sql.Composable
+    shape: TableShape, chunk_rows: int, selected: sql.Composable, *, lower: bool, upper: bool
 ) -> tuple[sql.Composed, sql.Composed]:
     keys = [sql.Identifier(c) for c in shape.key]
     t_keys = sql.SQL(", ").join(sql.SQL("t.{}").format(k) for k in keys)
     r_keys = sql.SQL(", ").join(sql.SQL("r.{}").format(k) for k in keys)
-    only: sql.Composable = sql.SQL("TRUE")
-    if shards > 1:
-        only = sql.SQL("mod(abs(hashtextextended(json_build_array({})::text, 0)), {}) = {}").format(
-            t_keys, sql.Literal(shards), sql.Literal(shard)
-        )
     table = qualified(shape.source)
+
+    def compared(operator: str) -> sql.Composable:  # the key against a key given as JSON
+        return sql.SQL(
+            "({t_keys}) {op} (SELECT {r_keys} FROM json_populate_record(NULL::{table}, %s::json) AS r)"
+        ).format(t_keys=t_keys, op=sql.SQL(operator), r_keys=r_keys, table=table)
+
+    below = [compared("<")] if upper else []
+    first_where = [compared(">="), *below] if lower else below
+    following_where = [compared(">"), *below]
     select = sql.SQL("SELECT {selected} FROM {table} AS t").format(selected=selected, table=table)
-    limit = sql.Literal(chunk_rows)
-    first = sql.SQL("{select} WHERE {shard} ORDER BY {keys} LIMIT {limit}").format(
-        select=select, shard=only, keys=t_keys, limit=limit
+    tail = sql.SQL("ORDER BY {keys} LIMIT {limit}").format(
+        keys=t_keys, limit=sql.Literal(chunk_rows)
     )
-    following = sql.SQL(
-        "{select} WHERE ({t_keys}) > (SELECT {r_keys} FROM json_populate_record(NULL::{table}, %s::json) AS r) "
-        "AND {shard} ORDER BY {keys} LIMIT {limit}"
-    ).format(
-        select=select,
-        t_keys=t_keys,
-        r_keys=r_keys,
-        table=table,
-        shard=only,
-        keys=t_keys,
-        limit=limit,
+    first = sql.SQL("{select} WHERE {where} {tail}").format(
+        select=select, where=sql.SQL(" AND ").join(first_where or [sql.SQL("TRUE")]), tail=tail
+    )
+    following = sql.SQL("{select} WHERE {where} {tail}").format(
+        select=select, where=sql.SQL(" AND ").join(following_where), tail=tail
     )
     return first, following
+
+
+def key_sample(conn: psycopg.Connection[Any], shape: TableShape, rows: int = 100_000) -> list[str]:
+    """About ``rows`` keys of the table (all of them when it is not much larger; else a
+    ``TABLESAMPLE SYSTEM`` sample of its pages), as key JSON texts in key order: where to cut
+    the table into key ranges of about equal rows."""
+    estimate = conn.execute(
+        "SELECT GREATEST(reltuples, 0)::float8 FROM pg_class WHERE oid = %s", (shape.relid,)
+    ).fetchone()
+    total = float(estimate[0]) if estimate else 0.0
+    sample: sql.Composable = sql.SQL("")
+    if total > 2 * rows:
+        sample = sql.SQL(" TABLESAMPLE SYSTEM ({})").format(sql.Literal(100.0 * rows / total))
+    keys = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in shape.key)
+    found = conn.execute(
+        sql.SQL("SELECT {json} FROM {table} AS t{sample} ORDER BY {keys}").format(
+            json=_key_json(shape), table=qualified(shape.source), sample=sample, keys=keys
+        )
+    ).fetchall()
+    conn.commit()
+    return [r[0] for r in found]
 
 
 TYPED_READ: dict[str, str] = {
@@ -143,7 +165,8 @@ its text), ``json`` / ``jsonb`` (exact text, ``Decimal`` numbers), ``time`` (``2
 class TypedChunks:
     """The chunk queries of one table reading its values typed (:data:`TYPED_READ` columns
     as themselves, the others as the JSON text of the value, decoded by the envelope decoders),
-    each row ending with its key's JSON text (the ``last_key`` of :func:`chunk_queries`).
+    each row ending with its key's JSON text (the ``last_key`` of :func:`chunk_queries`)
+    unless :meth:`last_key` writes it from the row's key values.
 
     A value psycopg cannot load (``infinity`` dates and timestamps, years beyond 9999) raises
     ``psycopg.DataError``; the caller reads that chunk again by :func:`chunk_queries`."""
@@ -152,6 +175,18 @@ class TypedChunks:
     following: sql.Composed
     columns: tuple[str, ...]
     json_columns: tuple[tuple[str, str], ...]  # (column, type) read as JSON text
+    key: tuple[str, ...]
+    key_at: tuple[int, ...] | None  # the key columns' places; None: the row ends with its JSON
+
+    def last_key(self, row: tuple[Any, ...]) -> str:
+        """The key of a fetched row as JSON text, the parameter of :attr:`following`."""
+        if self.key_at is None:
+            return str(row[-1])
+        return json.dumps(
+            {c: row[i] for c, i in zip(self.key, self.key_at, strict=True)},
+            default=str,
+            ensure_ascii=False,
+        )
 
     def record(self, row: tuple[Any, ...]) -> dict[str, Any]:
         """One fetched row as the envelope would decode it (raises EnvelopeError)."""
@@ -167,10 +202,11 @@ class TypedChunks:
 
 
 def typed_chunks(
-    shape: TableShape, chunk_rows: int, shard: int = 0, shards: int = 1
+    shape: TableShape, chunk_rows: int, *, lower: bool = False, upper: bool = False
 ) -> TypedChunks:
     """:func:`chunk_queries` reading values typed instead of as one ``row_to_json`` image
-    (no JSON to build, fetch and parse per row); same rows, same order, same keys."""
+    (no JSON to build, fetch and parse per row); same rows, same order, same keys, same
+    parameters."""
     items: list[sql.Composable] = []
     json_columns: list[tuple[str, str]] = []
     for column, type_name in shape.types.items():
@@ -185,9 +221,22 @@ def typed_chunks(
                 )
             )
             json_columns.append((column, type_name))
-    selected = sql.SQL("{}, {}").format(sql.SQL(", ").join(items), _key_json(shape))
-    first, following = _chunk_queries(shape, chunk_rows, shard, shards, selected)
-    return TypedChunks(first, following, tuple(shape.types), tuple(json_columns))
+    columns = tuple(shape.types)
+    key_at: tuple[int, ...] | None = None
+    if all(shape.types[c] in _JSON_KEY_TYPES for c in shape.key):
+        key_at = tuple(columns.index(c) for c in shape.key)
+        selected: sql.Composable = sql.SQL(", ").join(items)
+    else:
+        selected = sql.SQL("{}, {}").format(sql.SQL(", ").join(items), _key_json(shape))
+    first, following = _chunk_queries(shape, chunk_rows, selected, lower=lower, upper=upper)
+    return TypedChunks(first, following, columns, tuple(json_columns), shape.key, key_at)
+
+
+_JSON_KEY_TYPES = frozenset({"smallint", "integer", "bigint", "text", "character varying", "uuid"})
+"""Key column types whose typed values Python writes as JSON that ``json_populate_record``
+reads back to the same key (numbers, strings): the chunk queries of a table keyed by them
+leave out the key's JSON, which the server would build for every row (half the server's
+CPU of reading a chunk of the shop's orders: bench/RESULTS.md, issue 5 sixth run)."""
 
 
 def source_shape(src: psycopg.Connection[Any], table: TableConfig) -> TableShape:

@@ -5,7 +5,7 @@ The same registry serves the stream (worker), the backfill and reconcile.
 
 from dualwrite.transform._declared import CONVERTERS, INVERSE_CONVERTERS, DeclaredTransformError
 from dualwrite.transform._inverse import inverse_transforms
-from dualwrite.transform._model import TargetOp, TargetSpec, key_text
+from dualwrite.transform._model import ReadBatch, ReadGroup, TargetOp, TargetSpec, key_text
 from dualwrite.transform._registry import (
     SourceTransform,
     TransformError,
@@ -17,6 +17,8 @@ __all__ = [
     "CONVERTERS",
     "INVERSE_CONVERTERS",
     "DeclaredTransformError",
+    "ReadBatch",
+    "ReadGroup",
     "SourceTransform",
     "TargetOp",
     "TargetSpec",

@@ -87,3 +87,49 @@ class TargetOp:
     @property
     def key_text(self) -> str:
         return key_text(self.key)
+
+
+@dataclass
+class ReadGroup:
+    """The snapshot reads (version 0: the backfill) of one source into one target table that
+    write the same ``columns``, or with ``columns`` None, delete (the source rows the
+    transform filters out of the target).
+
+    ``rows`` maps each target key's :func:`key_text` to the row's values in ``columns``
+    order, or for deletes to the target key; the first read of a key stays, as in
+    ``Applier.apply``. ``key_positions`` are the target key columns' places in a row."""
+
+    target: QualifiedName
+    source: str
+    columns: tuple[str, ...] | None
+    key_positions: tuple[int, ...]
+    rows: dict[str, tuple[Any, ...]]
+
+    def key_of(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The target key of one of :attr:`rows`' values."""
+        if self.columns is None:
+            return row
+        return tuple(row[i] for i in self.key_positions)
+
+    def op_of(self, row: tuple[Any, ...]) -> TargetOp:
+        """One of :attr:`rows`' values as a :class:`TargetOp` (for the general path)."""
+        values = None if self.columns is None else dict(zip(self.columns, row, strict=True))
+        return TargetOp(self.target, self.key_of(row), values, self.source, 0)
+
+
+@dataclass
+class ReadBatch:
+    """The target writes of a chunk of snapshot reads, grouped as the backfill writes them:
+    :class:`ReadGroup` by (target, source, columns), and the operations that need the general
+    path (deletes of merged rows: whether the row lives on depends on its other owners)."""
+
+    groups: list[ReadGroup]
+    general: list[TargetOp]
+
+    @property
+    def operations(self) -> int:
+        return sum(len(g.rows) for g in self.groups) + len(self.general)
+
+    @property
+    def targets(self) -> set[QualifiedName]:
+        return {g.target for g in self.groups} | {op.target for op in self.general}

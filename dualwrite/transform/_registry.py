@@ -35,7 +35,7 @@ from typing import Any, cast
 from dualwrite.config import MigrationConfig, TableConfig, parse_qualified_name
 from dualwrite.errors import DualwriteError
 from dualwrite.transform._declared import declared_transform
-from dualwrite.transform._model import TargetOp, TargetSpec
+from dualwrite.transform._model import ReadBatch, ReadGroup, TargetOp, TargetSpec, key_text
 
 RowFunction = Callable[[Mapping[str, Any]], Mapping[str, Mapping[str, Any]] | None]
 
@@ -205,6 +205,57 @@ class Transforms:
             ops.append(TargetOp(spec.table, target_key, dict(values), source, version))
         return ops
 
+    def apply_reads(
+        self, source: str, key_columns: Sequence[str], records: Sequence[Mapping[str, Any]]
+    ) -> ReadBatch:
+        """The target writes of a chunk of snapshot reads of ``source`` (the backfill),
+        grouped for writing: what :meth:`apply` gives for each record with ``op="read"`` and
+        version 0, with the same checks and errors, but the plan resolved once per chunk and
+        the ownership and key checks once per group of rows writing the same columns, not per
+        row (no :class:`TargetOp` per row). ``key_columns`` are the source key's columns."""
+        st = self.sources.get(source)
+        if st is None:
+            raise TransformError(f"no transform for source table {source}")
+        if records and source in self.renamers and any(not self.targets[t].key for t in st.targets):
+            st = self._learn_key(st, {c: records[0][c] for c in key_columns})
+        plan = self._plan(st)
+        function, declared = st.function, st.targets.keys()
+        groups: dict[tuple[str, tuple[str, ...] | None], tuple[ReadGroup, KeyGetter]] = {}
+        general: list[TargetOp] = []
+        for record in records:
+            try:
+                produced = function(record) or _NOTHING
+            except Exception as exc:
+                failed = {c: record[c] for c in key_columns}
+                raise TransformError(
+                    f"transform of {source} failed for key {failed}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if not produced.keys() <= declared:
+                unknown = set(produced) - set(declared)
+                raise TransformError(
+                    f"transform of {source} produced undeclared targets {sorted(unknown)}"
+                )
+            for target, spec, allowed, source_key_of, _target_key_of in plan:
+                values = produced.get(target)
+                if values is None:
+                    key = source_key_of(record)
+                    if spec.owners:  # whether a merged row lives on depends on its other owners
+                        general.append(TargetOp(spec.table, key, None, source, 0))
+                        continue
+                    slot = groups.get((target, None))
+                    if slot is None:
+                        slot = groups[target, None] = _read_group(spec, source, None, allowed)
+                    slot[0].rows.setdefault(key_text(key), key)
+                    continue
+                columns = tuple(values)
+                slot = groups.get((target, columns))
+                if slot is None:
+                    slot = groups[target, columns] = _read_group(spec, source, columns, allowed)
+                group, key_of = slot
+                row = tuple(values.values())  # in ``columns`` order
+                group.rows.setdefault(key_text(key_of(row)), row)
+        return ReadBatch([g for g, _ in groups.values()], general)
+
     def _plan(self, st: SourceTransform) -> list[_TargetPlan]:
         """Per target of ``st``: its spec, the source key columns of its key, and (for a
         merge) the columns ``st`` may write; resolved once per registry state, not per row."""
@@ -227,13 +278,39 @@ class Transforms:
         return plan
 
 
-KeyGetter = Callable[[Mapping[str, Any]], tuple[Any, ...]]
+KeyGetter = Callable[[Any], tuple[Any, ...]]
 _TargetPlan = tuple[str, TargetSpec, frozenset[str] | None, KeyGetter, KeyGetter]
 
 
-def _key_getter(columns: tuple[str, ...]) -> KeyGetter:
+_NOTHING: Mapping[str, Mapping[str, Any]] = {}
+
+
+def _read_group(
+    spec: TargetSpec, source: str, columns: tuple[str, ...] | None, allowed: frozenset[str] | None
+) -> tuple[ReadGroup, KeyGetter]:
+    """A new :class:`ReadGroup` of ``source``'s reads into ``spec``'s table writing
+    ``columns`` (None: deletes), after the checks :meth:`Transforms.apply` makes per row, and
+    the getter of a row's target key."""
+    if columns is None:
+        return ReadGroup(spec.table, source, None, (), {}), _key_getter(())
+    missing = [c for c in spec.key if c not in columns]
+    if missing:
+        raise TransformError(
+            f"transform of {source} -> {spec.table} left out key column(s) {missing}"
+        )
+    if allowed is not None and not allowed.issuperset(columns):
+        extra = set(columns) - allowed
+        raise TransformError(
+            f"{source} writes {sorted(extra)} of {spec.table}, which it does not own"
+        )
+    positions = tuple(columns.index(c) for c in spec.key)
+    return ReadGroup(spec.table, source, columns, positions, {}), _key_getter(positions)
+
+
+def _key_getter(columns: tuple[str, ...] | tuple[int, ...]) -> KeyGetter:
     """``row -> tuple(row[c] for c in columns)`` without a generator per call (raises
-    ``KeyError`` for a missing column, as the generator does)."""
+    ``KeyError`` for a missing column, as the generator does); ``columns`` are names of a
+    mapping's items or places in a tuple."""
     if len(columns) == 1:
         (column,) = columns
         return lambda row: (row[column],)

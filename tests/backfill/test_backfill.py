@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -145,22 +146,26 @@ def test_sigkill_mid_backfill_then_resume_redoes_nothing(merge_pipeline: Pipelin
     assert len(p.target_rows("person")) == 30000 and len(p.target_rows("address")) == 30000
 
 
-def test_composite_text_uuid_keys_and_empty_tables(
+_ODD_KEYS = {
+    "comp": "(a int, b text, v numeric(10,2), PRIMARY KEY (a, b))",
+    "txt": '(code text COLLATE "C" PRIMARY KEY, v text)',
+    "uid": "(id uuid PRIMARY KEY, v jsonb)",
+    "empty": "(id int PRIMARY KEY, v text)",
+}
+
+
+def _odd_key_tables(
     source_engine: Engine,
     target_engine: Engine,
     source_schema: str,
     target_schema: str,
-    make_config,
-) -> None:
-    ddl = {
-        "comp": "(a int, b text, v numeric(10,2), PRIMARY KEY (a, b))",
-        "txt": '(code text COLLATE "C" PRIMARY KEY, v text)',
-        "uid": "(id uuid PRIMARY KEY, v jsonb)",
-        "empty": "(id int PRIMARY KEY, v text)",
-    }
+    make_config: Any,
+) -> Any:
+    """Tables with a composite, a text, a UUID key and an empty one (2000, 1500, 700 and 0
+    rows), on both sides, capture installed; returns their migration config."""
     for engine, schema in ((source_engine, source_schema), (target_engine, target_schema)):
         with engine.begin() as conn:
-            for name, cols in ddl.items():
+            for name, cols in _ODD_KEYS.items():
                 conn.execute(text(f'CREATE TABLE "{schema}".{name} {cols}'))
     with source_engine.begin() as conn:
         conn.execute(
@@ -179,9 +184,32 @@ def test_composite_text_uuid_keys_and_empty_tables(
                 {"u": str(uuid.uuid4()), "v": json.dumps({"n": 1})},
             )
     config = make_config(
-        [{"source": f"{source_schema}.{n}", "target": f"{target_schema}.{n}"} for n in ddl]
+        [{"source": f"{source_schema}.{n}", "target": f"{target_schema}.{n}"} for n in _ODD_KEYS]
     )
     capture.install(source_engine, config)
+    return config
+
+
+def _assert_copied(
+    source_engine: Engine, target_engine: Engine, source_schema: str, target_schema: str
+) -> None:
+    for name in _ODD_KEYS:
+        with source_engine.connect() as s, target_engine.connect() as t:
+            want = s.execute(text(f'SELECT * FROM "{source_schema}".{name} ORDER BY 1, 2')).all()
+            got = t.execute(text(f'SELECT * FROM "{target_schema}".{name} ORDER BY 1, 2')).all()
+        assert got == want, name
+
+
+def test_composite_text_uuid_keys_and_empty_tables(
+    source_engine: Engine,
+    target_engine: Engine,
+    source_schema: str,
+    target_schema: str,
+    make_config,
+) -> None:
+    config = _odd_key_tables(
+        source_engine, target_engine, source_schema, target_schema, make_config
+    )
     results = run_backfill(
         source_engine,
         target_engine,
@@ -191,13 +219,82 @@ def test_composite_text_uuid_keys_and_empty_tables(
     )
     assert [r.rows for r in results] == [2000, 1500, 700, 0]
     assert all(r.done for r in results)
-    for name in ddl:
-        with source_engine.connect() as s, target_engine.connect() as t:
-            want = s.execute(text(f'SELECT * FROM "{source_schema}".{name} ORDER BY 1, 2')).all()
-            got = t.execute(text(f'SELECT * FROM "{target_schema}".{name} ORDER BY 1, 2')).all()
-        assert got == want, name
+    _assert_copied(source_engine, target_engine, source_schema, target_schema)
     again = run_backfill(source_engine, target_engine, config, load_transforms(config))
     assert all(r.rows == 0 and r.done for r in again)  # finished tables are not read again
+
+
+@pytest.mark.parametrize("sample_rows", [100_000, 40], ids=["every-key", "page-sample"])
+def test_key_range_shards_read_every_row_once(
+    source_engine: Engine,
+    target_engine: Engine,
+    source_schema: str,
+    target_schema: str,
+    make_config: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    sample_rows: int,
+) -> None:
+    """Three shards at once cut each table into key ranges (from every key, or from a page
+    sample that may hit few rows or none): together they read each row exactly once, and the
+    recorded ranges chain from unbounded to unbounded. A shard restarted keeps its range."""
+    config = _odd_key_tables(
+        source_engine, target_engine, source_schema, target_schema, make_config
+    )
+    with source_engine.begin() as conn:  # row estimates: the sample's size follows them
+        for name in _ODD_KEYS:
+            conn.execute(text(f'ANALYZE "{source_schema}".{name}'))
+    real_sample = backfill_module.key_sample
+    monkeypatch.setattr(
+        backfill_module, "key_sample", lambda conn, shape: real_sample(conn, shape, sample_rows)
+    )
+
+    def shard(k: int, restart: bool = False) -> tuple[Any, ...]:
+        settings = BackfillSettings(chunk_rows=97, shard=k, shards=3, restart=restart)
+        return run_backfill(source_engine, target_engine, config, load_transforms(config), settings)
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(shard, range(3)))
+    rows = {str(t.source): 0 for t in config.tables}
+    for per_table in results:
+        for r in per_table:
+            assert r.done
+            rows[r.source] += r.rows
+    assert list(rows.values()) == [2000, 1500, 700, 0]  # no row read by two shards
+    _assert_copied(source_engine, target_engine, source_schema, target_schema)
+
+    def ranges() -> dict[str, list[Any]]:
+        with target_engine.connect() as conn:
+            found = conn.execute(
+                text(
+                    "SELECT source_table, bounds::text FROM dualwrite.backfill_progress "
+                    "WHERE source_table LIKE :s ORDER BY source_table, shard"
+                ),
+                {"s": f"{source_schema}.%"},
+            ).all()
+        by_table: dict[str, list[Any]] = {}
+        for table, bounds in found:
+            by_table.setdefault(table, []).append(json.loads(bounds))
+        return by_table
+
+    recorded = ranges()
+    for table, bounds in recorded.items():
+        assert len(bounds) == 3, table
+        if bounds[1] == {"empty": True}:  # nothing to cut by: shard 0 takes the table
+            assert bounds == [{"lower": None, "upper": None}, {"empty": True}, {"empty": True}]
+            continue
+        assert bounds[0]["lower"] is None and bounds[2]["upper"] is None, table
+        assert bounds[0]["upper"] == bounds[1]["lower"] and bounds[1]["upper"] == bounds[2]["lower"]
+    if sample_rows > 2000:  # every key sampled: non-empty tables are cut into three
+        assert all(
+            len({json.dumps(b) for b in recorded[f"{source_schema}.{n}"]}) == 3
+            for n in ("comp", "txt", "uid")
+        )
+
+    again = shard(1, restart=True)
+    assert ranges() == recorded
+    assert sum(r.rows for r in again) == sum(
+        r.rows for r in results[1]
+    )  # the same range, read again
 
 
 def test_max_rows_per_s_throttles(merge_pipeline: Pipeline) -> None:

@@ -202,17 +202,17 @@ def test_a_chunk_that_deadlocked_is_retried(
         "INSERT INTO {s}.person SELECT g, 'n' || g, NULL, 'c' FROM generate_series(1, 50) g"
     )
     p.source_sql(f'DELETE FROM "{p.config.capture.schema}".changelog')
-    real_apply = Applier.apply
+    real_apply = Applier.apply_reads
     calls = {"n": 0}
 
-    def deadlock_once(self: Applier, ops: Any, positions: Any = None) -> ApplyResult:
+    def deadlock_once(self: Applier, batch: Any) -> ApplyResult:
         calls["n"] += 1
-        result = real_apply(self, ops, positions)  # its writes are rolled back with the chunk
+        result = real_apply(self, batch)  # its writes are rolled back with the chunk
         if calls["n"] == 2:
             raise psycopg.errors.DeadlockDetected("deadlock detected (injected)")
         return result
 
-    monkeypatch.setattr(Applier, "apply", deadlock_once)
+    monkeypatch.setattr(Applier, "apply_reads", deadlock_once)
     results = run_backfill(
         p.source, p.target, p.config, p.transforms, BackfillSettings(chunk_rows=20)
     )
