@@ -388,7 +388,8 @@ class _ChunkReader:
             try:
                 query = typed.first if first else typed.following
                 fetched = src.execute(query, params or None, binary=True).fetchall()
-                key_of, record_of = typed.last_key, typed.record
+                key_of: Callable[[Any], str] = typed.last_key
+                record_of = typed.record
             except psycopg.DataError:
                 # a value psycopg cannot load (an infinite date, a year past 9999): this chunk
                 # is read again as row images, whose decoders keep such values as text

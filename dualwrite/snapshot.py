@@ -190,7 +190,9 @@ class TypedChunks:
 
     def record(self, row: tuple[Any, ...]) -> dict[str, Any]:
         """One fetched row as the envelope would decode it (raises EnvelopeError)."""
-        record = dict(zip(self.columns, row, strict=False))  # the key text comes last
+        # not strict (the key's JSON may come last), and not ``strict=False`` either: passing
+        # the keyword costs a quarter of a microsecond per row
+        record = dict(zip(self.columns, row))  # noqa: B905
         for column, type_name in self.json_columns:
             text = record[column]
             if text is not None:

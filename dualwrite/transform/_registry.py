@@ -222,6 +222,9 @@ class Transforms:
         function, declared = st.function, st.targets.keys()
         groups: dict[tuple[str, tuple[str, ...] | None], tuple[ReadGroup, KeyGetter]] = {}
         general: list[TargetOp] = []
+        # per target: the columns of its last row, their group's rows and key getter (rows
+        # of a chunk mostly write the same columns: no group lookup per row)
+        entries = [(t, spec, allowed, of, _no_group()) for t, spec, allowed, of, _ in plan]
         for record in records:
             try:
                 produced = function(record) or _NOTHING
@@ -235,7 +238,7 @@ class Transforms:
                 raise TransformError(
                     f"transform of {source} produced undeclared targets {sorted(unknown)}"
                 )
-            for target, spec, allowed, source_key_of, _target_key_of in plan:
+            for target, spec, allowed, source_key_of, state in entries:
                 values = produced.get(target)
                 if values is None:
                     key = source_key_of(record)
@@ -248,12 +251,13 @@ class Transforms:
                     slot[0].rows.setdefault(key_text(key), key)
                     continue
                 columns = tuple(values)
-                slot = groups.get((target, columns))
-                if slot is None:
-                    slot = groups[target, columns] = _read_group(spec, source, columns, allowed)
-                group, key_of = slot
+                if columns != state[0]:
+                    slot = groups.get((target, columns))
+                    if slot is None:
+                        slot = groups[target, columns] = _read_group(spec, source, columns, allowed)
+                    state[:] = columns, slot[0].rows, slot[1]
                 row = tuple(values.values())  # in ``columns`` order
-                group.rows.setdefault(key_text(key_of(row)), row)
+                state[1].setdefault(key_text(state[2](row)), row)
         return ReadBatch([g for g, _ in groups.values()], general)
 
     def _plan(self, st: SourceTransform) -> list[_TargetPlan]:
@@ -283,6 +287,11 @@ _TargetPlan = tuple[str, TargetSpec, frozenset[str] | None, KeyGetter, KeyGetter
 
 
 _NOTHING: Mapping[str, Mapping[str, Any]] = {}
+
+
+def _no_group() -> list[Any]:
+    """The per-target state of :meth:`Transforms.apply_reads` before its first row."""
+    return [None, {}, None]
 
 
 def _read_group(
