@@ -61,7 +61,16 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[in
     default="0/1",
     callback=_shard,
     show_default=True,
-    help="I/N: this process takes shard I of N (split one table across processes).",
+    help="I/N: this process takes key range I of N of each table (run N of them, on one "
+    "host or several).",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Run N processes at once, each one key range of every table (shards 0/N to N-1/N); "
+    "about one core each. Resume with the same N.",
 )
 @click.option("--restart", is_flag=True, help="Forget saved progress and start over.")
 @click.option("--json", "as_json", is_flag=True, help="JSON progress lines and summary.")
@@ -73,6 +82,7 @@ def backfill_command(
     max_rows_per_s: float | None,
     busy_latency_ms: float,
     shard: tuple[int, int],
+    processes: int,
     restart: bool,
     as_json: bool,
     reverse: bool,
@@ -94,6 +104,7 @@ def backfill_command(
         tables=tables,
         shard=shard[0],
         shards=shard[1],
+        processes=processes,
     )
     stop = stop_on_signals()
     bars = Progress(

@@ -81,6 +81,7 @@ class BackfillSettings:
     tables: tuple[str, ...] = ()  # empty: every table of the migration
     shard: int = 0
     shards: int = 1
+    processes: int = 1  # > 1: that many shard processes at once (dualwrite.backfill_processes)
     gc_gen0_threshold: int = 20_000  # dualwrite.gc_tuning; 0 leaves the collector alone
 
 
@@ -117,12 +118,27 @@ def run_backfill(
     """Backfill every table (or ``settings.tables``); returns a summary per table.
 
     Stops after the chunk in hand when ``stop`` is set (resumable). Raises
-    :class:`BackfillError` when capture is not installed on a table.
+    :class:`BackfillError` when capture is not installed on a table. With
+    ``settings.processes`` > 1, runs that many shard processes at once
+    (:mod:`dualwrite.backfill_processes`).
     """
     settings = settings or BackfillSettings()
     stop = stop or threading.Event()
     if not 0 <= settings.shard < settings.shards:
         raise BackfillError(f"shard {settings.shard} is outside 0..{settings.shards - 1}")
+    if settings.processes < 1:
+        raise BackfillError(f"processes must be at least 1, got {settings.processes}")
+    if settings.processes > 1:
+        if settings.shards > 1:
+            raise BackfillError(
+                "processes and shard cannot be combined: --processes N runs shards 0/N to "
+                "N-1/N itself; use one or the other"
+            )
+        from dualwrite.backfill_processes import run_backfill_processes
+
+        return run_backfill_processes(
+            source, target, config, transforms, settings, stop=stop, progress=progress
+        )
     tables = [t for t in config.tables if not settings.tables or str(t.source) in settings.tables]
     unknown = set(settings.tables) - {str(t.source) for t in config.tables}
     if unknown:
