@@ -22,9 +22,10 @@
    digest) with the transform of every source row read by a plain ``SELECT`` (computed once
    per table size, not through the backfill's read path), and the backfill must have left
    no bookkeeping row for it (a single-owner target, ``docs/backfill.md``);
-3a. with ``--shard-processes N ...``, every round: the CLI as N ``--shard K/N`` processes at
-   once (what docs/backfill.md tells users to do with more cores), process start-up
-   included, the target checked the same way;
+3a. with ``--cli-processes N ...``, every round: ``dualwrite backfill --processes N`` (N = 1:
+   the plain command), and with ``--shard-processes N ...`` the CLI as N ``--shard K/N``
+   processes at once (the two ways docs/backfill.md gives to use more cores), process
+   start-up included, the target checked the same way;
 3b. with ``--floor-shards N ...``, every round: the Python floor (``python_floor``): the same
    source rows read by N forked processes with psycopg's own types, each row passed to the
    shop's ``order()`` directly and written with binary COPY into a fresh table, nothing else:
@@ -589,24 +590,24 @@ def _half_rate(marks: Sequence[tuple[float, int]], *, first: bool) -> float:
 
 
 def backfill_sharded(
-    tgt_url: str, chunk_rows: int, expected: Expected, shards: int
+    tgt_url: str, chunk_rows: int, expected: Expected, shards: int, *, one_command: bool = False
 ) -> dict[str, Any]:
-    """The documented way to use more cores: ``dualwrite backfill --shard K/N`` in N
-    processes at once (docs/backfill.md); wall time from the first start to the last exit,
-    the target checked row by row afterwards."""
+    """The CLI on more cores (docs/backfill.md): ``dualwrite backfill --shard K/N`` in N
+    processes at once, or with ``one_command`` one ``dualwrite backfill --processes N``
+    (N = 1: the plain command); wall time from the first start to the last exit, process
+    start-up included, the target checked row by row afterwards."""
     reset_target(tgt_url)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     pg0 = services_cpu_s(PIDS).get("postgres", 0.0)
     t0 = time.perf_counter()
+    argvs = (
+        [[*cli_argv(chunk_rows), "--processes", str(shards)]]
+        if one_command
+        else [[*cli_argv(chunk_rows), "--shard", f"{k}/{shards}"] for k in range(shards)]
+    )
     children = [
-        subprocess.Popen(
-            [*cli_argv(chunk_rows), "--shard", f"{k}/{shards}"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for k in range(shards)
+        subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for argv in argvs
     ]
     failures = []
     for child in children:
@@ -1209,6 +1210,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "with each of these numbers of processes, every round (e.g. 1 2)",
     )
     p.add_argument(
+        "--cli-processes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run `dualwrite backfill --processes N` for each of these N, every round\n"
+        "(e.g. 1 2; process start-up included)",
+    )
+    p.add_argument(
         "--shard-processes",
         type=int,
         nargs="*",
@@ -1261,6 +1270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     backfills: list[dict[str, Any]] = []
     floors: list[dict[str, Any]] = []
     sharded: list[dict[str, Any]] = []
+    cli_runs: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     try:
         info["fill"] = fill(src_url, tgt_url, source, target, args)
@@ -1293,6 +1303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"backfill chunk_rows={chunk} (round {rep + 1}) ...", file=sys.stderr)
                 result = backfill_in_process(src_url, tgt_url, config, chunk, expected)
                 backfills.append({"round": rep + 1, **result})
+                print(f"  {result['per_s']:,.0f} rows/s", file=sys.stderr)
+            for n in args.cli_processes:
+                print(f"backfill --processes {n} (round {rep + 1}) ...", file=sys.stderr)
+                result = backfill_sharded(
+                    tgt_url, args.chunk_rows[0], expected, n, one_command=True
+                )
+                cli_runs.append({"round": rep + 1, **result})
                 print(f"  {result['per_s']:,.0f} rows/s", file=sys.stderr)
             for shards in args.shard_processes:
                 print(f"backfill, {shards} shard processes (round {rep + 1}) ...", file=sys.stderr)
@@ -1349,6 +1366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["backfill"] = backfills
     info["python_floor"] = floors
     info["backfill_sharded"] = sharded
+    info["backfill_cli"] = cli_runs
     report(info, args)
     return 0
 
@@ -1419,6 +1437,7 @@ def report(info: dict[str, Any], args: argparse.Namespace) -> None:
         ],
     )
     for key, title in (
+        ("backfill_cli", "Backfill as one `dualwrite backfill --processes N` command"),
         ("backfill_sharded", "Backfill as N `dualwrite backfill --shard K/N` processes at once"),
         ("python_floor", "Python floor: read + the shop's order() + binary COPY, no dualwrite"),
     ):
