@@ -102,9 +102,15 @@ def ensure_bookkeeping(engine: Engine) -> None:
 class Applier:
     """Applies batches of :class:`TargetOp` on one target connection."""
 
-    def __init__(self, conn: psycopg.Connection[Any], transforms: Transforms) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], transforms: Transforms, *, backfill_slot: int = 0
+    ) -> None:
+        """``backfill_slot``: which of a target table's :data:`LOCK_SLOTS` locks this
+        applier's snapshot reads take (a backfill shard's number: shards on different slots
+        write one table at once)."""
         self.conn = conn
         self.transforms = transforms
+        self._slot = backfill_slot % LOCK_SLOTS
         self._targets: dict[QualifiedName, _TargetInfo] = {}
         self._orders: dict[tuple[QualifiedName, ...], list[QualifiedName] | None] = {}
         self._names: dict[QualifiedName, str] = {}  # str() of a name runs two regexes
@@ -160,16 +166,22 @@ class Applier:
     def _lock_targets(self, targets: Iterable[QualifiedName], *, exclusive: bool) -> None:
         """Serialise the backfill's chunks with the stream's batches, per target table.
 
-        A batch of snapshot reads (all version 0: the backfill) takes each of its target
-        tables' advisory lock exclusively; any other batch (the stream, a re-drive) takes it
-        shared, so workers never wait for each other. Taken before the transaction's first
-        write, in name order (no lock-order deadlock between a chunk and a batch), and held to
-        its end: a chunk's statements see every stream batch on its tables either committed or
-        not started, which is what lets the backfill write single-owner rows without claiming
-        their keys (``docs/backfill.md``)."""
-        tables = sorted(self._name(t) for t in targets)
-        if tables:
-            self.conn.execute(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED, (tables,))
+        Each target table has :data:`LOCK_SLOTS` advisory locks. A batch of snapshot reads
+        (all version 0: a backfill chunk) takes its slot's lock of each of its tables
+        exclusively; any other batch (the stream, a re-drive) takes every slot's lock of its
+        tables shared. So a chunk and a stream batch never write one table at once, workers
+        never wait for each other, and chunks of backfill shards on different slots (disjoint
+        key ranges) do not wait for each other either. Taken before the transaction's first
+        write, in one statement, in the order of the locks' names (no lock-order deadlock),
+        and held to its end: a chunk's statements see every stream batch on its tables either
+        committed or not started, which is what lets the backfill write single-owner rows
+        without claiming their keys (``docs/backfill.md``)."""
+        tables = [self._name(t) for t in targets]
+        if not tables:
+            return
+        slots = (self._slot,) if exclusive else range(LOCK_SLOTS)
+        locks = sorted(f"{table}#{slot}" for table in tables for slot in slots)
+        self.conn.execute(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED, (locks,))
 
     def _name(self, target: QualifiedName) -> str:
         name = self._names.get(target)
@@ -724,9 +736,13 @@ _RANGE_KEY_TYPES: dict[str, type] = {
     "uuid": uuid.UUID,
 }
 
-# Per-target-table advisory locks (two-key form; the first key is dualwrite's namespace):
-# exclusive for a backfill chunk, shared for a stream batch. ``unnest`` feeds the lock calls in
-# the array's (sorted) order.
+LOCK_SLOTS = 4
+"""Advisory locks per target table (``Applier._lock_targets``): backfill shards K and J write
+one table at once unless K and J are equal modulo this; a stream batch takes all of them."""
+
+# Per-target-table advisory locks (two-key form; the first key is dualwrite's namespace, the
+# second the hash of "schema.table#slot"): exclusive for a backfill chunk (its slot), shared
+# for a stream batch (every slot). ``unnest`` feeds the lock calls in the array's (sorted) order.
 _LOCK_SPACE = 0x6477_0001  # "dw", 1
 _LOCK_EXCLUSIVE = (
     f"SELECT count(pg_advisory_xact_lock({_LOCK_SPACE}, hashtext(t))) FROM unnest(%s::text[]) AS t"

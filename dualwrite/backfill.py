@@ -160,7 +160,7 @@ def run_backfill(
     try:
         dst.execute(PROGRESS_DDL)
         dst.commit()
-        applier = Applier(dst, transforms)
+        applier = Applier(dst, transforms, backfill_slot=settings.shard)
         results = []
         with steady_state_gc(settings.gc_gen0_threshold):
             for table in tables:

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dualwrite.apply import Applier, ApplyResult, ensure_bookkeeping
+from dualwrite.apply import LOCK_SLOTS, Applier, ApplyResult, ensure_bookkeeping
 from dualwrite.backfill import BackfillSettings, run_backfill
 from dualwrite.config import parse_qualified_name
 from dualwrite.snapshot import connect
@@ -292,6 +292,34 @@ def test_a_stream_delete_waits_for_an_uncommitted_chunk_then_deletes_its_row(
     assert out == [ApplyResult(applied=1, skipped=0)]
     assert p.target_rows("address") == []
     assert _bookkeeping(p, observer)[("address:person", "[21]")] == (4, True)
+
+
+def test_chunks_of_shards_on_other_slots_write_a_table_at_once_the_stream_waits(
+    merge_pipeline: Pipeline, conns: Callable[[str], psycopg.Connection[Any]]
+) -> None:
+    """A chunk of shard 0 holds its tables open: a chunk of shard 1 (another lock slot)
+    writes the same table meanwhile; a chunk of shard LOCK_SLOTS (the same slot) and a stream
+    batch wait for it."""
+    p = merge_pipeline
+    shard0 = Applier(conns("dw-test-shard0"), p.transforms, backfill_slot=0)
+    shard1 = Applier(conns("dw-test-shard1"), p.transforms, backfill_slot=1)
+    same_slot = Applier(conns("dw-test-shard4"), p.transforms, backfill_slot=LOCK_SLOTS)
+    stream = Applier(conns("dw-test-stream6"), p.transforms)
+    observer = conns("dw-test-observer6")
+
+    with shard0.conn.transaction():  # the chunk wrote address 30, not committed yet
+        assert shard0.apply([_address(p, 30, 0, "zero")]).applied == 1
+        assert _apply(shard1, [_address(p, 31, 0, "one")]).applied == 1  # no wait
+        waiting, out = _in_thread(lambda: _apply(same_slot, [_address(p, 32, 0, "four")]))
+        _wait_until_blocked(observer, "dw-test-shard4")
+        streaming, streamed = _in_thread(lambda: _apply(stream, [_address(p, 30, 5, None)]))
+        _wait_until_blocked(observer, "dw-test-stream6")
+    waiting.join(20)
+    streaming.join(20)
+
+    assert out == [ApplyResult(applied=1, skipped=0)]
+    assert streamed == [ApplyResult(applied=1, skipped=0)]
+    assert sorted(r[0] for r in p.target_rows("address")) == [31, 32]
 
 
 def test_a_chunk_of_new_keys_is_copied_and_one_with_a_known_key_is_written_row_by_row(
