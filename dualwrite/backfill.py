@@ -453,9 +453,13 @@ def _plan_shards(
     range of every shard, under an advisory lock; the other shards, and every resume, read
     them. The ranges cover every key, whatever the sample: the first starts unbounded, each
     next one where the one before ends, the last is unbounded above. A table without rows
-    goes whole to shard 0 (the others are empty). A shard without a range but with progress
-    (recorded by an earlier dualwrite, whose shards split keys by hash) starts over: the
-    backfill writes only absent keys, so doing a row again changes nothing."""
+    goes whole to shard 0 (the others are empty).
+
+    Ranges are recorded only when no shard of this N has one: a range never moves under a
+    shard that may be reading it. Shards with progress but no range (recorded by an earlier
+    dualwrite, whose shards split keys by hash) start over: the backfill writes only absent
+    keys, so doing a row again changes nothing. Some shards with a range and others without
+    (progress rows deleted by hand) is refused: no cut can be trusted to fit the others."""
     pattern = f"%/{shards}"
     with dst.transaction():
         dst.execute(
@@ -466,9 +470,17 @@ def _plan_shards(
             "FROM dualwrite.backfill_progress WHERE source_table = %s AND shard LIKE %s",
             (label, pattern),
         ).fetchall()
-        if len(rows) == shards and all(planned for _, planned, _ in rows):
+        planned = sorted(shard for shard, has_range, _ in rows if has_range)
+        if len(planned) == shards:
             return
-        redone = sorted(shard for shard, planned, started in rows if started and not planned)
+        if planned:
+            raise BackfillError(
+                f"{label}: shards {', '.join(planned)} have key ranges and the other shards of "
+                f"{shards} have none (their progress rows were deleted?); delete every progress "
+                f"row of the table's {shards} shards (DELETE FROM dualwrite.backfill_progress "
+                f"WHERE source_table = '{label}' AND shard LIKE '{pattern}') and run them again"
+            )
+        redone = sorted(shard for shard, _, started in rows if started)
         if redone:
             log.warning(
                 "%s: shards %s were split by hash by an earlier dualwrite; starting them over",

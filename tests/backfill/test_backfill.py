@@ -296,6 +296,17 @@ def test_key_range_shards_read_every_row_once(
         r.rows for r in results[1]
     )  # the same range, read again
 
+    # a shard's progress row deleted by hand: no new cut is made under the others' ranges
+    with target_engine.begin() as conn:
+        conn.execute(
+            text(
+                "DELETE FROM dualwrite.backfill_progress WHERE source_table = :t AND shard = '1/3'"
+            ),
+            {"t": f"{source_schema}.comp"},
+        )
+    with pytest.raises(BackfillError, match=r"comp: shards 0/3, 2/3 have key ranges"):
+        shard(1)
+
 
 def test_max_rows_per_s_throttles(merge_pipeline: Pipeline) -> None:
     p = merge_pipeline
