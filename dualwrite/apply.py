@@ -809,13 +809,21 @@ def _exactly(*types: type) -> Callable[[Sequence[Any]], bool]:
     return lambda column: set(map(type, column)) <= allowed
 
 
+_TZINFO = operator.attrgetter("tzinfo")
+
+
 def _datetimes(*, aware: bool) -> Callable[[Sequence[Any]], bool]:
     def check(column: Sequence[Any]) -> bool:
         kinds = set(map(type, column))
         if not kinds <= {dt.datetime, _NONE}:
             return False
         values = [v for v in column if v is not None] if _NONE in kinds else column
-        offsets = set(map(dt.datetime.utcoffset, values))
+        zones = set(map(_TZINFO, values))
+        if zones and all(type(zone) is dt.timezone for zone in zones):  # a fixed offset, never None
+            return aware
+        if zones <= {None}:
+            return not aware or not zones
+        offsets = set(map(dt.datetime.utcoffset, values))  # a tzinfo may still say "naive"
         return None not in offsets if aware else offsets <= {None}
 
     return check

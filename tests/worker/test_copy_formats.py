@@ -12,6 +12,7 @@ import datetime as dt
 import uuid
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -167,3 +168,33 @@ def test_other_values_go_as_text(
         return
     assert not binary
     assert got == want
+
+
+class _SaysNaive(dt.tzinfo):
+    """A tzinfo whose offset is None: its datetimes count as naive."""
+
+    def utcoffset(self, _when: dt.datetime | None) -> dt.timedelta | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("column", "aware", "naive"),
+    [
+        ([dt.datetime(2024, 1, 1, tzinfo=dt.UTC)] * 2, True, False),
+        ([dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2)))], True, False),
+        ([dt.datetime(2024, 1, 1, tzinfo=ZoneInfo("Europe/Berlin"))], True, False),
+        ([dt.datetime(2024, 1, 1)] * 2, False, True),
+        ([dt.datetime(2024, 1, 1, tzinfo=dt.UTC), dt.datetime(2024, 1, 1)], False, False),
+        ([dt.datetime(2024, 1, 1, tzinfo=_SaysNaive())], False, True),
+        ([None, dt.datetime(2024, 1, 1)], False, True),
+        ([None, None], True, True),
+    ],
+    ids=["utc", "fixed", "zoneinfo", "naive", "mixed", "tzinfo-naive", "null-naive", "nulls"],
+)
+def test_binary_timestamps_only_for_the_matching_awareness(
+    column: list[Any], aware: bool, naive: bool
+) -> None:
+    """Binary timestamptz takes aware datetimes only, binary timestamp naive ones only (by
+    ``utcoffset``, as the dumpers decide), whatever the tzinfo class."""
+    assert _binary_ok([1184], [(v,) for v in column]) is aware
+    assert _binary_ok([1114], [(v,) for v in column]) is naive
