@@ -831,7 +831,8 @@ def micro(src_url: str, config: MigrationConfig, n: int) -> dict[str, float]:
 
 def read_phases(src_url: str, config: MigrationConfig, chunk_rows: int) -> dict[str, Any]:
     """The backfill's own typed chunk queries over the whole table, each chunk's rows made
-    into records and transformed without applying them; seconds per phase."""
+    into records and transformed (``Transforms.apply_reads``, as the backfill's reader)
+    without applying them; seconds per phase."""
     from dualwrite.snapshot import source_shape, typed_chunks
 
     transforms = load_transforms(config)
@@ -863,15 +864,12 @@ def read_phases(src_url: str, config: MigrationConfig, chunk_rows: int) -> dict[
                 break
             records = [typed.record(row) for row in fetched]
             t4 = pc()
-            produced = [
-                transforms.apply(SOURCE_TABLE, "read", {c: r[c] for c in key_cols}, r, 0)
-                for r in records
-            ]
+            produced = transforms.apply_reads(SOURCE_TABLE, key_cols, records)
             t5 = pc()
             totals["records"] += t4 - t3
             totals["transform"] += t5 - t4
             rows += len(fetched)
-            ops += sum(len(p) for p in produced)
+            ops += produced.operations
             last = typed.last_key(fetched[-1])
     total = sum(totals.values())
     return {
