@@ -102,12 +102,9 @@ def run_backfill_processes(
         while len(finished) + len(failures) < shards:
             if stop.is_set():
                 halt.value = 1
-            try:
+            with contextlib.suppress(queue.Empty):
                 handle(*messages.get(timeout=0.2))
-                continue
-            except queue.Empty:
-                pass
-            for shard, child in enumerate(children):
+            for shard, child in enumerate(children):  # after every message: others may chatter
                 if child.exitcode is not None and shard not in finished and shard not in failures:
                     # its last words may still be in the pipe
                     with contextlib.suppress(queue.Empty):
