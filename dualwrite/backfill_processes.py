@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import queue
 import signal
 import threading
@@ -137,15 +138,17 @@ def _shard_process(
     halt: Any,  # multiprocessing.RawValue('b')
 ) -> None:
     """One shard, in a forked child: its own connections (the parent's pooled ones are
-    dropped unused), SIGINT left to the parent (which passes ``stop`` on through ``halt``)."""
+    dropped unused), SIGINT left to the parent (which passes ``stop`` on through ``halt``);
+    stops after the chunk in hand when the parent dies without a word (SIGKILL)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     source.dispose(close=False)
     target.dispose(close=False)
     stop = threading.Event()
+    parent = os.getppid()
 
-    def pass_on_halt() -> None:
-        while not halt.value:
+    def pass_on_halt() -> None:  # the parent's word, or its death (SIGKILL): stop
+        while not halt.value and os.getppid() == parent:
             time.sleep(0.1)
         stop.set()
 
@@ -166,7 +169,10 @@ def _shard_process(
         messages.put(("failed", shard, f"{type(exc).__name__}: {exc}"))
     finally:
         messages.close()
-        messages.join_thread()
+        if os.getppid() == parent:
+            messages.join_thread()
+        else:  # nobody reads the queue any more: do not wait to flush it
+            messages.cancel_join_thread()
 
 
 def _summed(by_shard: dict[int, BackfillProgress], shards: int) -> BackfillProgress:

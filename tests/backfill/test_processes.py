@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -16,6 +20,8 @@ from cli.main import cli
 from dualwrite.backfill import BackfillError, BackfillProgress, BackfillSettings, run_backfill
 from dualwrite.transform import Transforms, load_transforms
 from tests.backfill.test_backfill import _assert_copied, _odd_key_tables
+from tests.conftest import REPO
+from tests.worker.conftest import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +186,53 @@ def test_processes_and_shard_cannot_be_combined(odd_keys: Any) -> None:
     )
     assert result.exit_code != 0
     assert "processes and shard cannot be combined" in result.output
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its new parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return not any(line.startswith("State:\tZ") for line in status)
+    except FileNotFoundError:
+        return False
+
+
+def test_shard_processes_stop_when_their_parent_is_killed(merge_pipeline: Pipeline) -> None:
+    """SIGKILL of the parent leaves nobody to pass a stop on: each shard process notices it
+    was orphaned, stops after its chunk in hand, and exits; the next run resumes exactly."""
+    p = merge_pipeline
+    p.source_sql(
+        "INSERT INTO {s}.person SELECT g, 'n' || g, NULL, 'c' FROM generate_series(1, 20000) g"
+    )
+    p.source_sql(f'DELETE FROM "{p.config.capture.schema}".changelog')
+    argv = [sys.executable, "-m", "cli.main", "backfill", p.config.path, "--processes", "2"]
+    slow = ["--chunk-rows", "200", "--max-rows-per-s", "300", "--json"]  # 30 s per shard
+    proc = subprocess.Popen(
+        [*argv, *slow],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # both shards are writing
+        doc = json.loads(line)
+        if doc.get("event") == "progress" and doc["rows_done"] >= 600:
+            break
+    found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    children = [int(pid) for pid in found.stdout.split()]
+    assert len(children) == 2, found
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, children)), "a shard process outlived its parent"
+
+    result = CliRunner().invoke(cli, [*argv[3:], "--chunk-rows", "2000", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    person = next(t for t in summary["tables"] if t["source"] == f"{p.src}.person")
+    assert person["resumed"] and person["done"] and person["rows_total"] == 20000
+    assert len(p.target_rows("person")) == 20000
