@@ -42,7 +42,14 @@ from dualwrite.config import MigrationConfig, TableConfig
 from dualwrite.envelope import EnvelopeError, RowDecoder, parse_json
 from dualwrite.errors import DualwriteError
 from dualwrite.gc_tuning import steady_state_gc
-from dualwrite.snapshot import chunk_queries, connect, key_sample, source_shape, typed_chunks
+from dualwrite.snapshot import (
+    chunk_queries,
+    connect,
+    key_sample,
+    row_estimate,
+    source_shape,
+    typed_chunks,
+)
 from dualwrite.transform import ReadBatch, Transforms
 
 __all__ = ["BackfillError", "BackfillProgress", "BackfillSettings", "TableBackfill", "run_backfill"]
@@ -226,7 +233,7 @@ def _backfill_table(
     assert row is not None
     last_key, rows_done, finished = row[0], int(row[1]), row[2]
     key_range = _KeyRange(row[3], row[4], row[5])
-    estimate = _estimate(src, table) // max(1, settings.shards)
+    estimate = row_estimate(src, shape) // max(1, settings.shards)
     if finished is not None:
         log.info("%s (shard %s) was already backfilled; --restart to do it again", label, shard)
         return TableBackfill(label, 0, rows_done, 0, 0.0, True, True)
@@ -511,16 +518,6 @@ def _decoded(
         return record_of(row)
     except (EnvelopeError, ValueError) as exc:
         raise BackfillError(f"{label}: row {key_of(row)} cannot be decoded: {exc}") from None
-
-
-def _estimate(src: psycopg.Connection[Any], table: TableConfig) -> int:
-    row = src.execute(
-        "SELECT GREATEST(c.reltuples, 0)::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s",
-        (table.source.schema, table.source.name),
-    ).fetchone()
-    src.commit()
-    return int(row[0]) if row else 0
 
 
 def _wait_until_quiet(

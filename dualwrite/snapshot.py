@@ -31,6 +31,7 @@ __all__ = [
     "decode_image",
     "iter_rows",
     "key_sample",
+    "row_estimate",
     "source_shape",
     "typed_chunks",
 ]
@@ -115,14 +116,21 @@ def _chunk_queries(
     return first, following
 
 
+def row_estimate(conn: psycopg.Connection[Any], shape: TableShape) -> int:
+    """The table's row count as its statistics estimate it (``pg_class.reltuples``; 0 before
+    the first ANALYZE or VACUUM)."""
+    row = conn.execute(
+        "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = %s", (shape.relid,)
+    ).fetchone()
+    conn.commit()
+    return int(row[0]) if row else 0
+
+
 def key_sample(conn: psycopg.Connection[Any], shape: TableShape, rows: int = 100_000) -> list[str]:
     """About ``rows`` keys of the table (all of them when it is not much larger; else a
     ``TABLESAMPLE SYSTEM`` sample of its pages), as key JSON texts in key order: where to cut
     the table into key ranges of about equal rows."""
-    estimate = conn.execute(
-        "SELECT GREATEST(reltuples, 0)::float8 FROM pg_class WHERE oid = %s", (shape.relid,)
-    ).fetchone()
-    total = float(estimate[0]) if estimate else 0.0
+    total = row_estimate(conn, shape)
     sample: sql.Composable = sql.SQL("")
     if total > 2 * rows:
         sample = sql.SQL(" TABLESAMPLE SYSTEM ({})").format(sql.Literal(100.0 * rows / total))

@@ -37,7 +37,12 @@ def _forget_captured(p: Pipeline) -> None:
     p.source_sql(f'DELETE FROM "{p.config.capture.schema}".changelog')
 
 
-def test_backfill_racing_writers_and_the_stream_is_exact(merge_pipeline: Pipeline) -> None:
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-shard-processes"])
+def test_backfill_racing_writers_and_the_stream_is_exact(
+    merge_pipeline: Pipeline, processes: int
+) -> None:
+    """Invariant 4 under a live stream; with two shard processes, their chunks also write
+    the same tables at once (different lock slots) while the stream's batches wait for each."""
     p = merge_pipeline
     p.source_sql(
         "INSERT INTO {s}.person SELECT g, 'old' || g, 'E' || g || '@X', CASE WHEN g % 3 = 0 THEN NULL ELSE 'c' || g END "
@@ -77,7 +82,11 @@ def test_backfill_racing_writers_and_the_stream_is_exact(merge_pipeline: Pipelin
     writing = threading.Thread(target=writer)
     writing.start()
     results = run_backfill(
-        p.source, p.target, p.config, p.transforms, BackfillSettings(chunk_rows=200)
+        p.source,
+        p.target,
+        p.config,
+        p.transforms,
+        BackfillSettings(chunk_rows=200, processes=processes),
     )
     writing.join()
     stop.set()
@@ -162,7 +171,7 @@ def _odd_key_tables(
     make_config: Any,
 ) -> Any:
     """Tables with a composite, a text, a UUID key and an empty one (2000, 1500, 700 and 0
-    rows), on both sides, capture installed; returns their migration config."""
+    rows), on both sides, analysed, capture installed; returns their migration config."""
     for engine, schema in ((source_engine, source_schema), (target_engine, target_schema)):
         with engine.begin() as conn:
             for name, cols in _ODD_KEYS.items():
@@ -183,6 +192,8 @@ def _odd_key_tables(
                 text(f'INSERT INTO "{source_schema}".uid VALUES (:u, :v)'),
                 {"u": str(uuid.uuid4()), "v": json.dumps({"n": 1})},
             )
+        for name in _ODD_KEYS:  # row estimates: where shards cut, how much a sample reads
+            conn.execute(text(f'ANALYZE "{source_schema}".{name}'))
     config = make_config(
         [{"source": f"{source_schema}.{n}", "target": f"{target_schema}.{n}"} for n in _ODD_KEYS]
     )
@@ -240,9 +251,6 @@ def test_key_range_shards_read_every_row_once(
     config = _odd_key_tables(
         source_engine, target_engine, source_schema, target_schema, make_config
     )
-    with source_engine.begin() as conn:  # row estimates: the sample's size follows them
-        for name in _ODD_KEYS:
-            conn.execute(text(f'ANALYZE "{source_schema}".{name}'))
     real_sample = backfill_module.key_sample
     monkeypatch.setattr(
         backfill_module, "key_sample", lambda conn, shape: real_sample(conn, shape, sample_rows)
